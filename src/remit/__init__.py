@@ -1,0 +1,23 @@
+"""Remit: the control plane that bounds what AI agents may do.
+
+The names a user needs are exported here; everything else is reachable by module path.
+"""
+
+from remit.bootstrap import open_engine, open_store
+from remit.domain.decisions import Decision, Outcome
+from remit.engine import ActionInput, Engine
+from remit.errors import ConfigError, Conflict, InvalidRequest, NotFound, RemitError
+
+__all__ = [
+    "ActionInput",
+    "ConfigError",
+    "Conflict",
+    "Decision",
+    "Engine",
+    "InvalidRequest",
+    "NotFound",
+    "Outcome",
+    "RemitError",
+    "open_engine",
+    "open_store",
+]

@@ -1,0 +1,98 @@
+"""Meters and amounts: decimal strings in, integer base units inside, decimal strings out.
+
+Rounding (stated in docs/concepts.md): an amount with more decimal places than its meter's
+scale is rounded *up* to the scale, so no action can round down to a free one (the float
+libraries let 999 of 1,000 $0.001 actions through under $1). Limits must be exact: a limit with
+more places than the scale is an error, not a rounding.
+"""
+
+from __future__ import annotations
+
+import decimal
+import enum
+from dataclasses import dataclass
+
+from remit.errors import InvalidRequest
+from remit.limits import AMOUNT_BASE_UNITS_MAX, AMOUNT_TEXT_LENGTH_MAX
+
+
+class MeterKind(enum.Enum):
+    SUM = "sum"
+    DISTINCT = "distinct"
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    name: str
+    kind: MeterKind
+    scale: int = 0
+    """Decimal places of the unit; the base unit is 10**-scale of it."""
+
+    @property
+    def is_distinct(self) -> bool:
+        return self.kind is MeterKind.DISTINCT
+
+
+_CONTEXT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Overflow])
+
+
+def _to_decimal(text: object, field: str) -> decimal.Decimal:
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise InvalidRequest(
+            f"{field}: amount must be a decimal string such as \"12.50\"",
+            code="invalid_amount",
+            field=field,
+        )
+    raw = str(text).strip()
+    if not raw or len(raw) > AMOUNT_TEXT_LENGTH_MAX:
+        raise InvalidRequest(f"{field}: amount {raw!r} is empty or too long", code="invalid_amount", field=field)
+    try:
+        value = _CONTEXT.create_decimal(raw)
+    except decimal.DecimalException:
+        raise InvalidRequest(f"{field}: {raw!r} is not a decimal number", code="invalid_amount", field=field) from None
+    if not value.is_finite():
+        raise InvalidRequest(f"{field}: {raw!r} is not a finite number", code="invalid_amount", field=field)
+    return value
+
+
+def parse_amount(text: object, scale: int, *, field: str, maximum: int = AMOUNT_BASE_UNITS_MAX) -> int:
+    """Convert a non-negative decimal string to base units, rounding up to `scale` places."""
+    value = _to_decimal(text, field)
+    if value < 0:
+        raise InvalidRequest(f"{field}: amount {text!s} is negative", code="invalid_amount", field=field)
+    scaled = value.scaleb(scale, _CONTEXT).to_integral_value(rounding=decimal.ROUND_CEILING, context=_CONTEXT)
+    if scaled > maximum:
+        raise InvalidRequest(
+            f"{field}: amount {text!s} exceeds the maximum of {format_amount(maximum, scale)}",
+            code="amount_too_large",
+            field=field,
+        )
+    return int(scaled)
+
+
+def parse_exact_amount(text: object, scale: int, *, field: str, maximum: int) -> int:
+    """Convert a decimal string that must fit `scale` places exactly (limits, per-action maxima)."""
+    value = _to_decimal(text, field)
+    if value < 0:
+        raise InvalidRequest(f"{field}: {text!s} is negative", code="invalid_amount", field=field)
+    scaled = value.scaleb(scale, _CONTEXT)
+    if scaled != scaled.to_integral_value(context=_CONTEXT):
+        raise InvalidRequest(
+            f"{field}: {text!s} has more than {scale} decimal places", code="invalid_amount", field=field
+        )
+    if scaled > maximum:
+        raise InvalidRequest(
+            f"{field}: {text!s} exceeds the maximum of {format_amount(maximum, scale)}",
+            code="amount_too_large",
+            field=field,
+        )
+    return int(scaled)
+
+
+def format_amount(base_units: int, scale: int) -> str:
+    """Render base units as a decimal string with exactly `scale` places ("-" for negatives)."""
+    if scale == 0:
+        return str(base_units)
+    sign = "-" if base_units < 0 else ""
+    digits = str(abs(base_units)).rjust(scale + 1, "0")
+    return f"{sign}{digits[:-scale]}.{digits[-scale:]}"

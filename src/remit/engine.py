@@ -1,0 +1,824 @@
+"""The engine: authorize / commit / release / extend / expire, decided in batches.
+
+Requests that arrive together are decided in one store transaction: for each tenant the
+batch claims idempotency keys, locks the reservations it resolves, then locks the counters of
+every budget it touches in key order, decides each request in arrival order against those
+counters, and writes counters, reservations and ledger entries once. Callers are answered
+after the commit, so an answer is never given for work the store could still lose.
+
+The batch core (`execute`) is synchronous. `submit` lets many threads share it (one of them
+leads a batch while the others wait for their answers); `remit.batching.AsyncBatcher` derives
+the asyncio front from the same core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+
+from remit import config as config_io
+from remit.domain.amounts import parse_amount
+from remit.domain.budgets import Budget, Counter, CounterKey
+from remit.domain.decisions import (
+    Decision,
+    Outcome,
+    Priority,
+    decision_from_record,
+    decision_to_record,
+)
+from remit.domain.evaluation import (
+    Consulted,
+    check_counter,
+    evaluate_authorize,
+    measure,
+    post_usage,
+    release_hold,
+    report,
+)
+from remit.domain.ledger import EntryKind, LedgerEntry, Posting, rebuild_counters
+from remit.domain.reservations import HoldPart, Reservation, Status
+from remit.domain.tenant import Agent, TenantConfig
+from remit.domain.windows import US_PER_SECOND, BoundsCache, WindowKind, rolling_floor
+from remit.errors import Conflict, InvalidRequest, InvariantViolation, NotFound, Overloaded, RemitError
+from remit.limits import (
+    BATCH_SIZE_MAX,
+    CONTEXT_BYTES_MAX,
+    EXPIRY_BATCH_SIZE_MAX,
+    IDEMPOTENCY_KEY_LENGTH_MAX,
+    LEASE_SECONDS_DEFAULT,
+    LEASE_SECONDS_MAX,
+    LEASE_SECONDS_MIN,
+    METERS_PER_REQUEST_MAX,
+    NAME_LENGTH_MAX,
+    QUEUE_LENGTH_MAX,
+    TOUCHES_PER_REQUEST_MAX,
+)
+from remit.results import CheckReport, CommitResult, ExtendResult, ReleaseResult, UsageResult
+from remit.store.base import BatchWrite, Store, Transaction, dumps
+
+Clock = Callable[[], int]
+"""Returns now in integer microseconds since the Unix epoch."""
+
+BATCH_ATTEMPTS_MAX = 5
+"""A batch that loses a deadlock or lock wait to another process is retried this many times."""
+
+
+def system_clock() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ActionInput:
+    """An action as a caller describes it: amounts as decimal strings in each meter's unit."""
+
+    agent: str
+    action: str
+    amounts: Mapping[str, str | int] = field(default_factory=dict)
+    touches: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    task: str | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+    priority: str | None = None
+    lease_seconds: int = LEASE_SECONDS_DEFAULT
+    idempotency_key: str | None = None
+
+
+@dataclass(slots=True)
+class _Act:
+    """A parsed authorize (or post-hoc usage) request."""
+
+    tenant_id: str
+    agent: Agent
+    action: str
+    amounts: dict[str, int]
+    touches: dict[str, tuple[str, ...]]
+    task: str | None
+    context: Mapping[str, Any]
+    priority: Priority
+    lease_us: int
+    idempotency_key: str | None
+    fingerprint: str
+    is_usage: bool = False
+
+
+@dataclass(slots=True)
+class _Resolve:
+    """A request about an existing reservation: commit, release, extend or expire."""
+
+    tenant_id: str
+    kind: str
+    reservation_id: str
+    amounts: dict[str, int] | None = None
+    outcome: str | None = None
+    idempotency_key: str | None = None
+    lease_us: int = 0
+
+
+Operation = _Act | _Resolve
+Result = Decision | CommitResult | ReleaseResult | ExtendResult | UsageResult | None
+
+
+class _Waiter:
+    __slots__ = ("operation", "result", "error", "is_finished", "is_leader", "signal")
+
+    def __init__(self, operation: Operation) -> None:
+        self.operation = operation
+        self.result: Result = None
+        self.error: BaseException | None = None
+        self.is_finished = False
+        self.is_leader = False
+        self.signal = threading.Event()
+        """Set once: either the answer is in, or this waiter was made the next leader."""
+
+
+_T = TypeVar("_T")
+
+
+def _expect(result: Result, kind: type[_T]) -> _T:
+    if not isinstance(result, kind):
+        raise InvariantViolation(f"expected a {kind.__name__}, the batch answered {type(result).__name__}")
+    return result
+
+
+def _check_name(value: object, field_name: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > NAME_LENGTH_MAX:
+        raise InvalidRequest(
+            f"{field_name} must be a non-empty string of at most {NAME_LENGTH_MAX} characters",
+            code="invalid_field",
+            field=field_name,
+        )
+    return value
+
+
+def _lease_us(lease_seconds: object) -> int:
+    if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, int):
+        raise InvalidRequest("lease_seconds must be a whole number of seconds", code="invalid_field", field="lease_seconds")
+    if not LEASE_SECONDS_MIN <= lease_seconds <= LEASE_SECONDS_MAX:
+        raise InvalidRequest(
+            f"lease_seconds must be between {LEASE_SECONDS_MIN} and {LEASE_SECONDS_MAX}",
+            code="invalid_field",
+            field="lease_seconds",
+        )
+    return lease_seconds * US_PER_SECOND
+
+
+def _check_key(key: object) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > IDEMPOTENCY_KEY_LENGTH_MAX:
+        raise InvalidRequest(
+            f"idempotency_key must be a string of 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} characters",
+            code="invalid_field",
+            field="idempotency_key",
+        )
+    return key
+
+
+class Engine:
+    """Decides actions against the budgets in a store. Thread-safe; one per process is enough."""
+
+    def __init__(self, store: Store, *, clock: Clock = system_clock, batch_size_max: int = BATCH_SIZE_MAX) -> None:
+        self.store = store
+        self.clock = clock
+        self.batch_size_max = batch_size_max
+        self._configs: dict[str, TenantConfig] = {}
+        self._bounds = BoundsCache()
+        self._queue: list[_Waiter] = []
+        self._queue_lock = threading.Lock()
+        self._is_leading = False
+        self.batches_executed = 0
+        self.batch_sizes_total = 0
+
+    # == tenants and configuration ==============================================================
+    def create_tenant(self, tenant_id: str, *, name: str | None = None, timezone: str = "UTC") -> None:
+        _check_name(tenant_id, "tenant")
+        with self.store.transaction() as tx:
+            tx.create_tenant(tenant_id, name or tenant_id, timezone, self.clock())
+            tx.commit()
+
+    def apply_config(self, tenant_id: str, document: Mapping[str, Any], *, source: str = "<config>") -> TenantConfig:
+        """Validate and apply a config document. Counters of budgets that keep their id keep their usage."""
+        parsed = config_io.parse_document(document, source=source)
+        now_us = self.clock()
+        for _ in range(BATCH_ATTEMPTS_MAX):
+            try:
+                with self.store.transaction() as tx:
+                    if tx.load_tenant(tenant_id) is None:
+                        raise NotFound(f"tenant {tenant_id!r} does not exist")
+                    canonical = dumps(parsed.document)
+                    version = tx.save_config(tenant_id, parsed.timezone, canonical)
+                    tenant = config_io.build_tenant(tenant_id, parsed.document, version)
+                    tx.lock_counters(tenant_id, [(b.id, "") for b in tenant.budgets if not b.is_per_task])
+                    entry = LedgerEntry(
+                        EntryKind.CONFIG, tenant_id, now_us,
+                        detail={"version": version, "sha256": hashlib.sha256(canonical.encode()).hexdigest()},
+                    )
+                    tx.write(tenant_id, BatchWrite(entries=[entry]))
+                    tx.commit()
+            except Exception as error:
+                if not self._is_retryable(error):
+                    raise
+                continue
+            self._configs[tenant_id] = tenant
+            return tenant
+        raise Overloaded("could not apply the config: the store stayed busy")
+
+    def tenant_config(self, tenant_id: str) -> TenantConfig:
+        """The tenant's config as this process last loaded it (loaded now if never)."""
+        tenant = self._configs.get(tenant_id)
+        if tenant is None:
+            with self.store.transaction() as tx:
+                tenant = self._load_tenant(tx, tenant_id)
+        return tenant
+
+    def _load_tenant(self, tx: Transaction, tenant_id: str) -> TenantConfig:
+        row = tx.load_tenant(tenant_id)
+        if row is None:
+            raise NotFound(f"tenant {tenant_id!r} does not exist")
+        tenant = config_io.build_tenant(tenant_id, orjson.loads(row.config), row.config_version)
+        self._configs[tenant_id] = tenant
+        return tenant
+
+    # == requests ===============================================================================
+    def authorize(self, tenant_id: str, request: ActionInput) -> Decision:
+        return _expect(self.submit(self._parse_act(tenant_id, request, is_usage=False)), Decision)
+
+    def report_usage(self, tenant_id: str, request: ActionInput) -> UsageResult:
+        return _expect(self.submit(self._parse_act(tenant_id, request, is_usage=True)), UsageResult)
+
+    def commit(
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        amounts: Mapping[str, str | int] | None = None,
+        *,
+        outcome: str = "success",
+        idempotency_key: str | None = None,
+    ) -> CommitResult:
+        parsed = None if amounts is None else self._parse_amounts(self.tenant_config(tenant_id), amounts, "amounts")
+        operation = _Resolve(tenant_id, "commit", _check_name(reservation_id, "reservation"), parsed,
+                             outcome, _check_key(idempotency_key))
+        return _expect(self.submit(operation), CommitResult)
+
+    def release(self, tenant_id: str, reservation_id: str, *, idempotency_key: str | None = None) -> ReleaseResult:
+        operation = _Resolve(tenant_id, "release", _check_name(reservation_id, "reservation"),
+                             idempotency_key=_check_key(idempotency_key))
+        return _expect(self.submit(operation), ReleaseResult)
+
+    def extend(self, tenant_id: str, reservation_id: str, lease_seconds: int = LEASE_SECONDS_DEFAULT) -> ExtendResult:
+        operation = _Resolve(tenant_id, "extend", _check_name(reservation_id, "reservation"), lease_us=_lease_us(lease_seconds))
+        return _expect(self.submit(operation), ExtendResult)
+
+    def expire_holds(self, limit: int = EXPIRY_BATCH_SIZE_MAX) -> int:
+        """Expire holds whose lease has run out; returns how many. Safe to run in every process."""
+        now_us = self.clock()
+        with self.store.transaction() as tx:
+            due = tx.due_reservations(now_us, limit)
+        if not due:
+            return 0
+        results = self.execute([_Resolve(tenant, "expire", rid) for tenant, rid in due])
+        return sum(1 for result in results if isinstance(result, ReleaseResult))
+
+    # == parsing (before anything is queued: bad input never reaches the store) =================
+    def _parse_act(self, tenant_id: str, request: ActionInput, *, is_usage: bool) -> _Act:
+        tenant = self.tenant_config(tenant_id)
+        agent_name = _check_name(request.agent, "agent")
+        agent = tenant.agents.get(agent_name)
+        if agent is None:
+            raise InvalidRequest(f"agent {agent_name!r} is not configured", code="unknown_agent", field="agent")
+        action = _check_name(request.action, "action")
+        task = None if request.task is None else _check_name(request.task, "task")
+        amounts = self._parse_amounts(tenant, request.amounts, "amounts")
+        touches = self._parse_touches(tenant, request.touches)
+        try:
+            priority = agent.priority if request.priority is None else Priority(request.priority)
+        except ValueError:
+            raise InvalidRequest(
+                f"priority {request.priority!r} is not one of interactive, scheduled, background",
+                code="invalid_field", field="priority",
+            ) from None
+        context = dict(request.context)
+        if len(dumps(context)) > CONTEXT_BYTES_MAX:
+            raise InvalidRequest(f"context is over {CONTEXT_BYTES_MAX} bytes", code="invalid_field", field="context")
+        key = _check_key(request.idempotency_key)
+        fingerprint = ""
+        if key is not None:
+            canonical = orjson.dumps(
+                [agent_name, task, action, sorted(amounts.items()), sorted(touches.items()), priority.value,
+                 request.lease_seconds, is_usage, context],
+                option=orjson.OPT_SORT_KEYS,
+            )
+            fingerprint = hashlib.sha256(canonical).hexdigest()
+        return _Act(tenant_id, agent, action, amounts, touches, task, context, priority,
+                    _lease_us(request.lease_seconds), key, fingerprint, is_usage)
+
+    @staticmethod
+    def _parse_amounts(tenant: TenantConfig, amounts: Mapping[str, str | int], field_name: str) -> dict[str, int]:
+        if not isinstance(amounts, Mapping):
+            raise InvalidRequest(f"{field_name} must be an object of meter → amount", code="invalid_field", field=field_name)
+        if len(amounts) > METERS_PER_REQUEST_MAX:
+            raise InvalidRequest(f"{field_name} has more than {METERS_PER_REQUEST_MAX} meters", code="invalid_field", field=field_name)
+        parsed = {}
+        for name, text in amounts.items():
+            meter = tenant.meters.get(name)
+            where = f"{field_name}.{name}"
+            if meter is None:
+                raise InvalidRequest(f"{where}: meter {name!r} does not exist", code="unknown_meter", field=where)
+            if meter.is_distinct:
+                raise InvalidRequest(f"{where}: {name!r} is a distinct meter; list entities in touches",
+                                     code="invalid_field", field=where)
+            parsed[name] = parse_amount(text, meter.scale, field=where)
+        return parsed
+
+    @staticmethod
+    def _parse_touches(tenant: TenantConfig, touches: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+        if not isinstance(touches, Mapping):
+            raise InvalidRequest("touches must be an object of meter → entity list", code="invalid_field", field="touches")
+        parsed = {}
+        count = 0
+        for name, entities in touches.items():
+            meter = tenant.meters.get(name)
+            where = f"touches.{name}"
+            if meter is None:
+                raise InvalidRequest(f"{where}: meter {name!r} does not exist", code="unknown_meter", field=where)
+            if not meter.is_distinct:
+                raise InvalidRequest(f"{where}: {name!r} is a sum meter; give it in amounts", code="invalid_field", field=where)
+            if isinstance(entities, str) or not isinstance(entities, Sequence):
+                raise InvalidRequest(f"{where} must be a list of entity ids", code="invalid_field", field=where)
+            unique = tuple(dict.fromkeys(_check_name(entity, where) for entity in entities))
+            count += len(unique)
+            parsed[name] = unique
+        if count > TOUCHES_PER_REQUEST_MAX:
+            raise InvalidRequest(f"touches lists more than {TOUCHES_PER_REQUEST_MAX} entities", code="invalid_field", field="touches")
+        return parsed
+
+    # == batching across threads ================================================================
+    def submit(self, operation: Operation) -> Result:
+        """Decide one request, in a batch with whatever other threads submit at the same time.
+
+        The first thread to find no batch running leads one; the others wait. A leader leaves as
+        soon as its own answer is in, handing the lead to the oldest waiter, so no caller works
+        for others longer than the batches ahead of its own request.
+        """
+        waiter = _Waiter(operation)
+        with self._queue_lock:
+            if len(self._queue) >= QUEUE_LENGTH_MAX:
+                raise Overloaded(f"more than {QUEUE_LENGTH_MAX} requests are waiting; retry shortly")
+            self._queue.append(waiter)
+            if not self._is_leading:
+                self._is_leading = True
+                waiter.is_leader = True
+        if not waiter.is_leader:
+            waiter.signal.wait()
+        if not waiter.is_finished:
+            self._lead(waiter)
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    def _lead(self, own: _Waiter) -> None:
+        while not own.is_finished:
+            with self._queue_lock:
+                batch = self._queue[: self.batch_size_max]
+                del self._queue[: self.batch_size_max]
+            try:
+                results = self.execute([waiter.operation for waiter in batch])
+            except BaseException as error:  # every waiter must hear of the failure, then it propagates
+                results = [error] * len(batch)
+            for waiter, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    waiter.error = result
+                else:
+                    waiter.result = result
+                waiter.is_finished = True
+                if waiter is not own:
+                    waiter.signal.set()
+        with self._queue_lock:
+            if self._queue:
+                successor = self._queue[0]
+                successor.is_leader = True
+                successor.signal.set()
+            else:
+                self._is_leading = False
+
+    # == the batch ==============================================================================
+    def execute(self, operations: Sequence[Operation]) -> list[Result | RemitError | BaseException]:
+        """Decide `operations` in one transaction; one answer (or error) per operation, in order."""
+        for attempt in range(BATCH_ATTEMPTS_MAX):
+            try:
+                return self._execute_once(operations)
+            except Exception as error:
+                if attempt + 1 < BATCH_ATTEMPTS_MAX and self._is_retryable(error):
+                    time.sleep(0.001 * (attempt + 1))
+                    continue
+                raise
+        raise Overloaded("the store stayed busy")  # pragma: no cover - the loop returns or raises
+
+    def _is_retryable(self, error: Exception) -> bool:
+        name = type(error).__name__
+        if name in {"DeadlockDetected", "SerializationFailure", "LockNotAvailable", "UniqueViolation"}:
+            return True
+        return name == "OperationalError" and "locked" in str(error)
+
+    def _execute_once(self, operations: Sequence[Operation]) -> list[Result | RemitError | BaseException]:
+        now_us = self.clock()
+        results: list[Result | RemitError | BaseException] = [None] * len(operations)
+        by_tenant: dict[str, list[int]] = {}
+        for index, operation in enumerate(operations):
+            by_tenant.setdefault(operation.tenant_id, []).append(index)
+        with self.store.transaction() as tx:
+            versions = tx.tenant_versions(sorted(by_tenant))
+            for tenant_id in sorted(by_tenant):
+                indexes = by_tenant[tenant_id]
+                if tenant_id not in versions:
+                    for index in indexes:
+                        results[index] = NotFound(f"tenant {tenant_id!r} does not exist")
+                    continue
+                tenant = self._configs.get(tenant_id)
+                if tenant is None or tenant.version != versions[tenant_id]:
+                    tenant = self._load_tenant(tx, tenant_id)
+                _TenantBatch(self, tx, tenant, now_us).run([(i, operations[i]) for i in indexes], results)
+            tx.commit()
+        self.batches_executed += 1
+        self.batch_sizes_total += len(operations)
+        return results
+
+    # == ledger check ===========================================================================
+    def check(self, tenant_id: str) -> CheckReport:
+        """Rebuild every counter from the ledger and compare it with the live one."""
+        with self.store.transaction() as tx:
+            tenant = self._load_tenant(tx, tenant_id)
+            entries = list(tx.ledger_entries(tenant_id))
+            live = tx.all_counters(tenant_id)
+            counted = tx.all_counted(tenant_id)
+            held_parts = tx.held_parts(tenant_id)
+        now_us = self.clock()
+        rebuilt = rebuild_counters(entries)
+        report_ = CheckReport(tenant_id, len(entries), len(live))
+        held_live: dict[CounterKey, int] = {}
+        for _, parts in held_parts:
+            for part in parts:
+                held_live[(part.budget_id, part.instance)] = held_live.get((part.budget_id, part.instance), 0) + part.amount
+        for key in sorted(set(live) | set(rebuilt)):
+            counter = live.get(key) or Counter(key)
+            derived = rebuilt.get(key)
+            budget = tenant.budget(key[0])
+            held = derived.held if derived else 0
+            if counter.held != held:
+                report_.mismatches.append(f"{key}: held {counter.held} but the ledger gives {held}")
+            if held_live.get(key, 0) != counter.held:
+                report_.mismatches.append(f"{key}: held {counter.held} but live holds sum to {held_live.get(key, 0)}")
+            windows = derived.windows if derived else {}
+            if budget is not None and budget.window.kind is WindowKind.ROLLING:
+                floor = rolling_floor(budget.window, now_us)
+                for start in sorted(set(counter.buckets) | set(windows)):
+                    if start < floor:
+                        continue
+                    expected = windows.get(start, [0, 0])
+                    actual = [counter.buckets.get(start, 0), counter.overrun_buckets.get(start, 0)]
+                    if actual != expected:
+                        report_.mismatches.append(f"{key} bucket {start}: {actual} but the ledger gives {expected}")
+                continue
+            expected = windows.get(counter.window_start, [0, 0])
+            if [counter.used, counter.overrun] != expected:
+                report_.mismatches.append(
+                    f"{key} window {counter.window_start}: used/overrun {[counter.used, counter.overrun]}"
+                    f" but the ledger gives {expected}"
+                )
+            if budget is not None and budget.meter.is_distinct:
+                stored = counted.get(key, {}).get(counter.window_start, set())
+                posted = derived.entities.get(counter.window_start, set()) if derived else set()
+                if stored != posted or len(stored) != counter.used:
+                    report_.mismatches.append(f"{key}: {len(stored)} entities stored, {len(posted)} posted, used {counter.used}")
+            if budget is not None:
+                try:
+                    check_counter(budget, counter, now_us)
+                except InvariantViolation as violation:
+                    report_.mismatches.append(violation.message)
+        return report_
+
+    @property
+    def batch_size_mean(self) -> float:
+        return self.batch_sizes_total / self.batches_executed if self.batches_executed else 0.0
+
+
+class _TenantBatch:
+    """One tenant's share of a batch: lock, decide in order, write once."""
+
+    def __init__(self, engine: Engine, tx: Transaction, tenant: TenantConfig, now_us: int) -> None:
+        self.engine = engine
+        self.tx = tx
+        self.tenant = tenant
+        self.now_us = now_us
+        self.counters: dict[CounterKey, Counter] = {}
+        self.reservations: dict[str, Reservation] = {}
+        self.answered_keys: dict[str, tuple[str, Any]] = {}
+        self.write = BatchWrite()
+
+    def run(self, items: list[tuple[int, Operation]], results: list[Result | RemitError | BaseException]) -> None:
+        tenant_id = self.tenant.tenant_id
+        acts = [op for _, op in items if isinstance(op, _Act)]
+        resolves = [op for _, op in items if isinstance(op, _Resolve)]
+        keys = [op.idempotency_key for op in acts if op.idempotency_key]
+        for key, (fingerprint, response) in self.tx.claim_idempotency(tenant_id, keys, self.now_us).items():
+            self.answered_keys[key] = (fingerprint, orjson.loads(response))
+        self.reservations = self.tx.lock_reservations(tenant_id, [op.reservation_id for op in resolves])
+        self._lock_counters(acts)
+        for index, operation in items:
+            try:
+                if isinstance(operation, _Act):
+                    results[index] = self._act(operation)
+                else:
+                    results[index] = self._resolve(operation)
+            except RemitError as error:
+                if isinstance(error, InvariantViolation):
+                    raise
+                results[index] = error
+        self.write.counters = list(self.counters.values())
+        self.tx.write(tenant_id, self.write)
+
+    # -- locking -------------------------------------------------------------------------------
+    def _consulted_budgets(self, act: _Act) -> list[tuple[Budget, str]]:
+        chosen = []
+        for budget in self.tenant.budgets_on_path(act.agent, act.action):
+            meter = budget.meter.name
+            if meter not in act.amounts and meter not in act.touches:
+                continue
+            if budget.is_per_task:
+                if act.task is None:
+                    continue
+                chosen.append((budget, act.task))
+            else:
+                chosen.append((budget, ""))
+        return chosen
+
+    def _lock_counters(self, acts: list[_Act]) -> None:
+        keys: set[CounterKey] = set()
+        for act in acts:
+            keys.update((budget.id, instance) for budget, instance in self._consulted_budgets(act))
+        for reservation in self.reservations.values():
+            keys.update((part.budget_id, part.instance) for part in reservation.parts)
+        if not keys:
+            return
+        tenant_id = self.tenant.tenant_id
+        self.counters = self.tx.lock_counters(tenant_id, keys)
+        rolling = []
+        for key, counter in self.counters.items():
+            budget = self.tenant.budget(key[0])
+            if budget is None:
+                continue
+            counter.advance(budget, self.now_us, self.tenant.timezone, self.engine._bounds)
+            if budget.window.kind is WindowKind.ROLLING:
+                rolling.append(counter)
+        if rolling:
+            self.tx.load_buckets(tenant_id, rolling)
+        wanted: list[tuple[Counter, str]] = []
+        for act in acts:
+            for budget, instance in self._consulted_budgets(act):
+                if budget.meter.is_distinct:
+                    counter = self.counters[(budget.id, instance)]
+                    wanted.extend((counter, entity) for entity in act.touches.get(budget.meter.name, ()))
+        for reservation in self.reservations.values():
+            for part in reservation.parts:
+                counter = self.counters[(part.budget_id, part.instance)]
+                wanted.extend((counter, entity) for entity in part.entities)
+        self.tx.load_counted(tenant_id, wanted)
+
+    # -- authorize and post-hoc usage ----------------------------------------------------------
+    def _act(self, act: _Act) -> Decision | UsageResult:
+        key = act.idempotency_key
+        if key is not None and key in self.answered_keys:
+            fingerprint, record = self.answered_keys[key]
+            if fingerprint != act.fingerprint:
+                raise Conflict(f"idempotency key {key!r} was used for a different request", code="idempotency_mismatch")
+            if act.is_usage:
+                return _usage_from_record(record)
+            return decision_from_record(record)
+        consulted = [Consulted(budget, self.counters[(budget.id, instance)]) for budget, instance in self._consulted_budgets(act)]
+        for item in consulted:
+            measure(item, act.amounts, act.touches)
+        if act.is_usage:
+            result: Decision | UsageResult = self._usage(act, consulted)
+            record = _usage_to_record(result)
+        else:
+            result = self._hold(act, consulted)
+            record = decision_to_record(result)
+        if key is not None:
+            self.answered_keys[key] = (act.fingerprint, record)
+            self.write.idempotency.append((key, act.fingerprint, dumps(record)))
+        return result
+
+    def _hold(self, act: _Act, consulted: list[Consulted]) -> Decision:
+        tz, cache = self.tenant.timezone, self.engine._bounds
+        decision, parts, postings = evaluate_authorize(consulted, self.now_us, tz, cache)
+        if decision.outcome is not Outcome.ALLOW:
+            return decision
+        reservation = Reservation(
+            tenant_id=act.tenant_id,
+            id="res_" + secrets.token_hex(12),
+            status=Status.HELD,
+            agent=act.agent.name,
+            action=act.action,
+            task=act.task,
+            amounts=act.amounts,
+            parts=parts,
+            lease_expires_at_us=self.now_us + act.lease_us,
+            created_at_us=self.now_us,
+        )
+        decision.reservation_id = reservation.id
+        decision.lease_expires_at_us = reservation.lease_expires_at_us
+        self.reservations[reservation.id] = reservation
+        self.write.new_reservations.append(reservation)
+        detail: dict[str, Any] = {"priority": act.priority.value, "lease_expires_at_us": reservation.lease_expires_at_us}
+        if act.task is not None:
+            detail["task"] = act.task
+        if act.context:
+            detail["context"] = act.context
+        if decision.reasons:
+            detail["shadow_denials"] = [reason.budget for reason in decision.reasons]
+        self._entry(EntryKind.HOLD, reservation, postings, detail)
+        return decision
+
+    def _usage(self, act: _Act, consulted: list[Consulted]) -> UsageResult:
+        postings = []
+        overrun: dict[str, int] = {}
+        for item in consulted:
+            entities = act.touches.get(item.budget.meter.name, ())
+            amount = act.amounts.get(item.budget.meter.name, 0)
+            posting = post_usage(item.budget, item.counter, self.now_us, amount, entities)
+            postings.append(posting)
+            if posting.overrun:
+                meter = item.budget.meter.name
+                overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
+        detail: dict[str, Any] = {"priority": act.priority.value, "amounts": act.amounts}
+        if act.task is not None:
+            detail["task"] = act.task
+        if overrun:
+            detail["overrun"] = overrun
+        self.write.entries.append(
+            LedgerEntry(EntryKind.USAGE, act.tenant_id, self.now_us, None, act.agent.name, act.action, postings, detail)
+        )
+        reports = [report(item, self.now_us, self.tenant.timezone, self.engine._bounds) for item in consulted]
+        return UsageResult(reports, overrun)
+
+    # -- commit, release, extend, expire -------------------------------------------------------
+    def _resolve(self, op: _Resolve) -> Result:
+        reservation = self.reservations.get(op.reservation_id)
+        if reservation is None:
+            if op.kind == "expire":
+                return None
+            raise NotFound(f"reservation {op.reservation_id!r} does not exist")
+        if reservation.is_overdue(self.now_us):
+            self._expire(reservation)
+            if op.kind == "expire":
+                return ReleaseResult(reservation.id, "expired", {})
+        if op.kind == "expire":
+            return None
+        if reservation.status is Status.HELD:
+            if op.kind == "commit":
+                return self._commit(reservation, op)
+            if op.kind == "release":
+                return self._release(reservation, op)
+            reservation.lease_expires_at_us = self.now_us + op.lease_us
+            self._changed(reservation)
+            self._entry(EntryKind.EXTEND, reservation, [], {"lease_expires_at_us": reservation.lease_expires_at_us})
+            return ExtendResult(reservation.id, "held", reservation.lease_expires_at_us)
+        return self._resolved_already(reservation, op)
+
+    def _resolved_already(self, reservation: Reservation, op: _Resolve) -> Result:
+        record = reservation.result or {}
+        if op.idempotency_key is not None and op.idempotency_key == reservation.resolve_key:
+            if op.kind == "commit" and record.get("kind") == "commit":
+                return CommitResult.from_record(reservation.id, record)
+            if op.kind == "release" and record.get("kind") == "release":
+                return ReleaseResult(reservation.id, "released", record["released"])
+        if reservation.status is Status.EXPIRED:
+            if op.kind == "commit":
+                return self._commit_late(reservation, op)
+            raise Conflict(f"reservation {reservation.id} expired at its lease deadline", code="expired",
+                           details={"lease_expires_at_us": reservation.lease_expires_at_us})
+        code = "already_committed" if reservation.status is Status.COMMITTED else "already_released"
+        raise Conflict(f"reservation {reservation.id} is {reservation.status.value} already", code=code,
+                       details={"status": reservation.status.value})
+
+    def _check_actuals(self, reservation: Reservation, op: _Resolve) -> dict[str, int]:
+        actuals = dict(reservation.amounts)
+        for meter, amount in (op.amounts or {}).items():
+            if meter not in reservation.amounts:
+                raise InvalidRequest(
+                    f"amounts.{meter}: the reservation held no {meter}; report it as usage instead",
+                    code="meter_not_held", field=f"amounts.{meter}",
+                )
+            actuals[meter] = amount
+        return actuals
+
+    def _commit(self, reservation: Reservation, op: _Resolve) -> CommitResult:
+        actuals = self._check_actuals(reservation, op)
+        postings: list[Posting] = []
+        overrun: dict[str, int] = {}
+        committed: dict[str, int] = {}
+        for part in reservation.parts:
+            counter = self.counters[(part.budget_id, part.instance)]
+            budget = self.tenant.budget(part.budget_id)
+            postings.append(self._release_part(budget, counter, part))
+            if budget is None:
+                continue  # the budget was removed from the config: its hold is released, nothing counted
+            meter = budget.meter.name
+            posting = post_usage(budget, counter, self.now_us, actuals.get(meter, 0), part.entities)
+            postings.append(posting)
+            committed[meter] = max(committed.get(meter, 0), posting.used) if budget.meter.is_distinct else actuals[meter]
+            if posting.overrun:
+                overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
+        released = {meter: max(0, held - actuals[meter]) for meter, held in reservation.amounts.items()}
+        result = CommitResult(reservation.id, "committed", committed, released, overrun)
+        self._finish(reservation, Status.COMMITTED, op, result.to_record())
+        detail: dict[str, Any] = {"amounts": actuals, "outcome": op.outcome}
+        if overrun:
+            detail["overrun"] = overrun
+        self._entry(EntryKind.COMMIT, reservation, postings, detail)
+        return result
+
+    def _commit_late(self, reservation: Reservation, op: _Resolve) -> CommitResult:
+        """The hold expired but the work happened: count it now, as usage that was never held."""
+        actuals = self._check_actuals(reservation, op)
+        postings = []
+        overrun: dict[str, int] = {}
+        committed: dict[str, int] = {}
+        for part in reservation.parts:
+            budget = self.tenant.budget(part.budget_id)
+            if budget is None:
+                continue
+            counter = self.counters[(part.budget_id, part.instance)]
+            meter = budget.meter.name
+            posting = post_usage(budget, counter, self.now_us, actuals.get(meter, 0), part.entities)
+            postings.append(posting)
+            committed[meter] = posting.used if budget.meter.is_distinct else actuals[meter]
+            if posting.overrun:
+                overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
+        result = CommitResult(reservation.id, "committed", committed, {}, overrun, is_late=True)
+        self._finish(reservation, Status.COMMITTED, op, result.to_record())
+        reservation.was_expired = True
+        detail: dict[str, Any] = {"amounts": actuals, "outcome": op.outcome, "late": True}
+        if overrun:
+            detail["overrun"] = overrun
+        self._entry(EntryKind.LATE_COMMIT, reservation, postings, detail)
+        return result
+
+    def _release(self, reservation: Reservation, op: _Resolve) -> ReleaseResult:
+        postings = [self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
+                    for part in reservation.parts]
+        result = ReleaseResult(reservation.id, "released", dict(reservation.amounts))
+        self._finish(reservation, Status.RELEASED, op, result.to_record())
+        self._entry(EntryKind.RELEASE, reservation, postings, {})
+        return result
+
+    def _expire(self, reservation: Reservation) -> None:
+        postings = [self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
+                    for part in reservation.parts]
+        reservation.status = Status.EXPIRED
+        reservation.resolved_at_us = self.now_us
+        self._changed(reservation)
+        self._entry(EntryKind.EXPIRE, reservation, postings, {"lease_expires_at_us": reservation.lease_expires_at_us})
+
+    def _release_part(self, budget: Budget | None, counter: Counter, part: HoldPart) -> Posting:
+        if budget is None:
+            counter.held -= part.amount
+            counter.is_dirty = True
+            return Posting(part.budget_id, part.instance, counter.window_start, held=-part.amount)
+        return release_hold(budget, counter, part, self.now_us)
+
+    def _finish(self, reservation: Reservation, status: Status, op: _Resolve, record: dict[str, Any]) -> None:
+        reservation.status = status
+        reservation.resolved_at_us = self.now_us
+        reservation.result = record
+        reservation.resolve_key = op.idempotency_key
+        self._changed(reservation)
+
+    def _changed(self, reservation: Reservation) -> None:
+        if reservation in self.write.new_reservations or reservation in self.write.changed_reservations:
+            return
+        self.write.changed_reservations.append(reservation)
+
+    def _entry(self, kind: EntryKind, reservation: Reservation, postings: list[Posting], detail: dict[str, Any]) -> None:
+        self.write.entries.append(
+            LedgerEntry(kind, reservation.tenant_id, self.now_us, reservation.id, reservation.agent,
+                        reservation.action, postings, detail)
+        )
+
+
+def _usage_to_record(result: Decision | UsageResult) -> dict[str, Any]:
+    usage = _expect(result, UsageResult)
+    decision = decision_to_record(Decision(Outcome.ALLOW, usage.budgets))
+    return {"budgets": decision["budgets"], "overrun": usage.overrun}
+
+
+def _usage_from_record(record: dict[str, Any]) -> UsageResult:
+    decision = decision_from_record({**record, "outcome": "allow", "reasons": [], "reservation_id": None,
+                                     "lease_expires_at_us": None, "retry_after_seconds": None})
+    return UsageResult(decision.budgets, record["overrun"])

@@ -1,0 +1,67 @@
+"""The error hierarchy. Every error has a stable `code` shared by the engine, API and CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RemitError(Exception):
+    """Base of every error Remit raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class InvalidRequest(RemitError):
+    """The request could not be decided: bad amount, unknown meter or agent, a limit exceeded."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, details={"field": field} if field else None)
+        if code is not None:
+            self.code = code
+        self.field = field
+
+
+class ConfigError(RemitError):
+    """A configuration document is invalid. `errors` lists each problem with its path."""
+
+    code = "invalid_config"
+
+    def __init__(self, message: str, errors: list[dict[str, str]]) -> None:
+        super().__init__(message, details={"errors": errors})
+        self.errors = errors
+
+
+class NotFound(RemitError):
+    code = "not_found"
+
+
+class Conflict(RemitError):
+    """The request conflicts with what already happened (a hold resolved, a key reused)."""
+
+    code = "conflict"
+
+    def __init__(self, message: str, *, code: str, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.code = code
+
+
+class Overloaded(RemitError):
+    """The engine's queue is full; retry shortly."""
+
+    code = "overloaded"
+
+
+class InvariantViolation(RemitError):
+    """A check that guards money failed. The transaction that found it is rolled back."""
+
+    code = "invariant_violation"

@@ -1,0 +1,1 @@
+"""Stores: one narrow interface (`base.Store`), SQLite and PostgreSQL behind it."""

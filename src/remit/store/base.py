@@ -1,0 +1,348 @@
+"""The store interface and the SQL work both dialects share.
+
+A store hands out transactions. A transaction is a unit of work: it rolls back unless
+`commit()` is called. The SQL itself lives in named blocks, one file per dialect
+(`sql/sqlite.sql`, `sql/postgres.sql`); the dialect classes only say how a list is passed
+and how a transaction begins.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from remit.domain.budgets import Counter, CounterKey
+from remit.domain.ledger import EntryKind, LedgerEntry, Posting
+from remit.domain.reservations import HoldPart, Reservation, Status
+
+_SEPARATOR = "\x1f"
+"""Joins key parts for list look-ups (ASCII unit separator: names never contain it)."""
+
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def load_statements(dialect: str) -> dict[str, str]:
+    """Parse `-- name: X` blocks of `sql/<dialect>.sql` into {name: statement}."""
+    text = resources.files("remit.store").joinpath(f"sql/{dialect}.sql").read_text(encoding="utf-8")
+    pieces = _NAME.split(text)
+    statements: dict[str, str] = {}
+    for name, body in zip(pieces[1::2], pieces[2::2], strict=True):
+        lines = [line for line in body.strip().splitlines() if not line.lstrip().startswith("--")]
+        statements[name] = "\n".join(lines).strip().rstrip(";")
+    return statements
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+@dataclass(slots=True)
+class BatchWrite:
+    """Everything one batch changes for one tenant, written at once."""
+
+    counters: list[Counter] = field(default_factory=list)
+    new_reservations: list[Reservation] = field(default_factory=list)
+    changed_reservations: list[Reservation] = field(default_factory=list)
+    entries: list[LedgerEntry] = field(default_factory=list)
+    idempotency: list[tuple[str, str, str]] = field(default_factory=list)
+    """(key, fingerprint, response JSON)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRow:
+    tenant_id: str
+    timezone: str
+    config_version: int
+    config: str
+
+
+class Transaction(abc.ABC):
+    """One unit of work on the store. Locks taken here are held until commit or rollback."""
+
+    def __init__(self, statements: dict[str, str]) -> None:
+        self._sql = statements
+
+    # -- dialect hooks ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def _list(self, values: Sequence[Any]) -> Any:
+        """How a list of values is passed as one parameter."""
+
+    @abc.abstractmethod
+    def _execute(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run a named statement and return its rows (empty for statements without rows)."""
+
+    @abc.abstractmethod
+    def _execute_many(self, name: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self) -> None: ...
+
+    # -- tenants ---------------------------------------------------------------------------
+    def create_tenant(self, tenant_id: str, name: str, timezone: str, now_us: int) -> None:
+        self._execute("insert_tenant", (tenant_id, name, timezone, now_us))
+
+    def tenant_versions(self, tenant_ids: Sequence[str]) -> dict[str, int]:
+        return dict(self._execute("tenant_versions", (self._list(tenant_ids),)))  # type: ignore[arg-type]
+
+    def load_tenant(self, tenant_id: str) -> TenantRow | None:
+        rows = self._execute("load_tenant", (tenant_id,))
+        return TenantRow(*rows[0]) if rows else None
+
+    def list_tenants(self) -> list[str]:
+        return [row[0] for row in self._execute("list_tenants", ())]
+
+    def save_config(self, tenant_id: str, timezone: str, config_json: str) -> int:
+        rows = self._execute("update_tenant_config", (timezone, config_json, tenant_id))
+        return int(rows[0][0])
+
+    # -- counters --------------------------------------------------------------------------
+    def lock_counters(self, tenant_id: str, keys: Iterable[CounterKey]) -> dict[CounterKey, Counter]:
+        """Lock (creating where missing) the counters of `keys`, in key order."""
+        wanted = sorted(set(keys))
+        joined = [f"{budget}{_SEPARATOR}{instance}" for budget, instance in wanted]
+        counters = self._counters_from(self._execute("lock_counters", (tenant_id, self._list(joined))))
+        missing = [key for key in wanted if key not in counters]
+        if missing:
+            self._execute_many("ensure_counter", [(tenant_id, budget, instance) for budget, instance in missing])
+            joined = [f"{budget}{_SEPARATOR}{instance}" for budget, instance in missing]
+            counters.update(self._counters_from(self._execute("lock_counters", (tenant_id, self._list(joined)))))
+        return counters
+
+    @staticmethod
+    def _counters_from(rows: list[tuple[Any, ...]]) -> dict[CounterKey, Counter]:
+        return {
+            (budget, instance): Counter((budget, instance), window_start, used, held, overrun)
+            for budget, instance, window_start, used, held, overrun in rows
+        }
+
+    def load_buckets(self, tenant_id: str, counters: Sequence[Counter]) -> None:
+        """Fill the rolling buckets of `counters` (already locked)."""
+        by_key = {counter.key: counter for counter in counters}
+        joined = [f"{budget}{_SEPARATOR}{instance}" for budget, instance in by_key]
+        for budget, instance, start, used, overrun in self._execute("load_buckets", (tenant_id, self._list(joined))):
+            counter = by_key[(budget, instance)]
+            counter.buckets[start] = used
+            if overrun:
+                counter.overrun_buckets[start] = overrun
+
+    def load_counted(self, tenant_id: str, wanted: Iterable[tuple[Counter, str]]) -> None:
+        """Mark which of the (counter, entity) pairs are already counted in the counter's window."""
+        by_key: dict[CounterKey, Counter] = {}
+        joined = []
+        for counter, entity in wanted:
+            by_key[counter.key] = counter
+            budget, instance = counter.key
+            joined.append(_SEPARATOR.join((budget, instance, str(counter.window_start), entity)))
+        if not joined:
+            return
+        for budget, instance, entity in self._execute("load_counted", (tenant_id, self._list(joined))):
+            by_key[(budget, instance)].counted_entities.add(entity)
+
+    def all_counters(self, tenant_id: str) -> dict[CounterKey, Counter]:
+        counters = self._counters_from(self._execute("all_counters", (tenant_id,)))
+        for budget, instance, start, used, overrun in self._execute("all_buckets", (tenant_id,)):
+            counter = counters.setdefault((budget, instance), Counter((budget, instance)))
+            counter.buckets[start] = used
+            if overrun:
+                counter.overrun_buckets[start] = overrun
+        return counters
+
+    def all_counted(self, tenant_id: str) -> dict[CounterKey, dict[int, set[str]]]:
+        counted: dict[CounterKey, dict[int, set[str]]] = {}
+        for budget, instance, window_start, entity in self._execute("all_counted", (tenant_id,)):
+            counted.setdefault((budget, instance), {}).setdefault(window_start, set()).add(entity)
+        return counted
+
+    # -- reservations ----------------------------------------------------------------------
+    def lock_reservations(self, tenant_id: str, ids: Iterable[str]) -> dict[str, Reservation]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        rows = self._execute("lock_reservations", (tenant_id, self._list(wanted)))
+        return {row[0]: self._reservation_from(tenant_id, row) for row in rows}
+
+    @staticmethod
+    def _reservation_from(tenant_id: str, row: tuple[Any, ...]) -> Reservation:
+        (rid, status, agent, action, task, amounts, parts, lease, created, resolved, result, key, was_expired) = row
+        return Reservation(
+            tenant_id=tenant_id,
+            id=rid,
+            status=Status(status),
+            agent=agent,
+            action=action,
+            task=task,
+            amounts=orjson.loads(amounts),
+            parts=[HoldPart.from_row(part) for part in orjson.loads(parts)],
+            lease_expires_at_us=lease,
+            created_at_us=created,
+            resolved_at_us=resolved,
+            result=orjson.loads(result) if result else None,
+            resolve_key=key,
+            was_expired=bool(was_expired),
+        )
+
+    def due_reservations(self, now_us: int, limit: int) -> list[tuple[str, str]]:
+        """(tenant, reservation) of holds whose lease has run out, oldest first."""
+        return [(row[0], row[1]) for row in self._execute("due_reservations", (now_us, limit))]
+
+    def held_parts(self, tenant_id: str) -> list[tuple[str, list[HoldPart]]]:
+        return [
+            (rid, [HoldPart.from_row(part) for part in orjson.loads(parts)])
+            for rid, parts in self._execute("held_reservations", (tenant_id,))
+        ]
+
+    # -- idempotency -----------------------------------------------------------------------
+    def claim_idempotency(self, tenant_id: str, keys: Sequence[str], now_us: int) -> dict[str, tuple[str, str]]:
+        """Claim `keys` for this transaction; return the answers already recorded for the others.
+
+        Claiming and answering happen in one transaction, so a failed batch leaves no claim
+        behind (the mistake OpenMeter #5118 describes).
+        """
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        claimed = {row[0] for row in self._execute("claim_new_idempotency", (tenant_id, now_us, self._list(wanted)))}
+        existing = [key for key in wanted if key not in claimed]
+        if not existing:
+            return {}
+        rows = self._execute("claim_idempotency", (tenant_id, self._list(existing)))
+        return {key: (fingerprint, response) for key, fingerprint, response in rows}
+
+    # -- ledger ----------------------------------------------------------------------------
+    def ledger_page(self, tenant_id: str, after_id: int, limit: int) -> list[LedgerEntry]:
+        entries = []
+        for entry_id, at_us, kind, rid, agent, action, postings, detail in self._execute(
+            "ledger_page", (tenant_id, after_id, limit)
+        ):
+            entries.append(
+                LedgerEntry(
+                    kind=EntryKind(kind),
+                    tenant_id=tenant_id,
+                    at_us=at_us,
+                    reservation_id=rid,
+                    agent=agent,
+                    action=action,
+                    postings=[Posting.from_row(row) for row in orjson.loads(postings)],
+                    detail=orjson.loads(detail),
+                    id=entry_id,
+                )
+            )
+        return entries
+
+    def ledger_entries(self, tenant_id: str) -> Iterator[LedgerEntry]:
+        after = 0
+        while True:
+            page = self.ledger_page(tenant_id, after, 5000)
+            yield from page
+            if len(page) < 5000:
+                return
+            after = page[-1].id or 0
+
+    # -- writing a batch -------------------------------------------------------------------
+    def write(self, tenant_id: str, batch: BatchWrite) -> None:
+        counters = [counter for counter in batch.counters if counter.is_dirty]
+        if counters:
+            self._execute_many(
+                "update_counter",
+                [(c.window_start, c.used, c.held, c.overrun, tenant_id, c.key[0], c.key[1]) for c in counters],
+            )
+        self._write_rolling(tenant_id, counters)
+        if batch.new_reservations:
+            self._execute_many("insert_reservation", [self._reservation_row(tenant_id, r) for r in batch.new_reservations])
+        if batch.changed_reservations:
+            self._execute_many(
+                "update_reservation",
+                [
+                    (r.status.value, r.lease_expires_at_us, r.resolved_at_us, dumps(r.result) if r.result else None,
+                     r.resolve_key, r.was_expired, tenant_id, r.id)
+                    for r in batch.changed_reservations
+                ],
+            )
+        counted = [
+            (tenant_id, p.budget_id, p.instance, p.window_start, entity)
+            for entry in batch.entries
+            for p in entry.postings
+            for entity in p.entities
+        ]
+        if counted:
+            self._execute_many("insert_counted", counted)
+        if batch.entries:
+            self._execute_many(
+                "insert_entry",
+                [
+                    (tenant_id, e.at_us, e.kind.value, e.reservation_id, e.agent, e.action,
+                     dumps([p.to_row() for p in e.postings]), dumps(e.detail))
+                    for e in batch.entries
+                ],
+            )
+        if batch.idempotency:
+            now_us = batch.entries[-1].at_us if batch.entries else 0
+            self._execute_many(
+                "insert_idempotency",
+                [(tenant_id, key, fingerprint, response, now_us) for key, fingerprint, response in batch.idempotency],
+            )
+
+    def _write_rolling(self, tenant_id: str, counters: list[Counter]) -> None:
+        buckets = []
+        prune_buckets = []
+        prune_counted = []
+        for counter in counters:
+            budget, instance = counter.key
+            if counter.buckets:
+                floor = counter.bucket_floor
+                prune_buckets.append((tenant_id, budget, instance, floor))
+                buckets.extend(
+                    (tenant_id, budget, instance, start, used, counter.overrun_buckets.get(start, 0))
+                    for start, used in counter.buckets.items()
+                    if start >= floor
+                )
+            if counter.has_advanced:
+                prune_counted.append((tenant_id, budget, instance, counter.window_start))
+        if buckets:
+            self._execute_many("upsert_bucket", buckets)
+            self._execute_many("prune_buckets", prune_buckets)
+        if prune_counted:
+            self._execute_many("prune_counted", prune_counted)
+
+    @staticmethod
+    def _reservation_row(tenant_id: str, r: Reservation) -> tuple[Any, ...]:
+        return (
+            tenant_id, r.id, r.status.value, r.agent, r.action, r.task, dumps(r.amounts),
+            dumps([part.to_row() for part in r.parts]), r.lease_expires_at_us, r.created_at_us,
+            r.resolved_at_us, dumps(r.result) if r.result else None, r.resolve_key, r.was_expired,
+        )
+
+
+class Store(abc.ABC):
+    """A place Remit keeps its state. Thread-safe: each thread gets its own connection."""
+
+    dialect: str
+
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Bring the schema up to date (idempotent; safe for several processes at once)."""
+
+    @abc.abstractmethod
+    def _begin(self) -> Transaction: ...
+
+    @abc.abstractmethod
+    def _rollback(self, transaction: Transaction) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A unit of work: rolled back unless `commit()` was called inside the block."""
+        transaction = self._begin()
+        try:
+            yield transaction
+        finally:
+            self._rollback(transaction)

@@ -1,0 +1,111 @@
+-- Named statements for the SQLite store. Every name here is also defined in postgres.sql
+-- (tests/unit/test_sql_names.py checks it). Lists arrive as one JSON array parameter.
+
+-- name: tenant_versions
+SELECT tenant_id, config_version FROM tenants WHERE tenant_id IN (SELECT value FROM json_each(?));
+
+-- name: load_tenant
+SELECT tenant_id, timezone, config_version, config FROM tenants WHERE tenant_id = ?;
+
+-- name: insert_tenant
+INSERT INTO tenants (tenant_id, name, timezone, config_version, config, created_at_us)
+VALUES (?, ?, ?, 0, '{}', ?) ON CONFLICT (tenant_id) DO NOTHING;
+
+-- name: update_tenant_config
+UPDATE tenants SET timezone = ?, config = ?, config_version = config_version + 1
+WHERE tenant_id = ? RETURNING config_version;
+
+-- name: list_tenants
+SELECT tenant_id FROM tenants ORDER BY tenant_id;
+
+-- name: lock_counters
+SELECT budget_id, instance, window_start, used, held, overrun FROM counters
+WHERE tenant_id = ? AND budget_id || char(31) || instance IN (SELECT value FROM json_each(?))
+ORDER BY budget_id, instance;
+
+-- name: ensure_counter
+INSERT INTO counters (tenant_id, budget_id, instance, window_start, used, held, overrun)
+VALUES (?, ?, ?, 0, 0, 0, 0) ON CONFLICT DO NOTHING;
+
+-- name: update_counter
+UPDATE counters SET window_start = ?, used = ?, held = ?, overrun = ?
+WHERE tenant_id = ? AND budget_id = ? AND instance = ?;
+
+-- name: all_counters
+SELECT budget_id, instance, window_start, used, held, overrun FROM counters
+WHERE tenant_id = ? ORDER BY budget_id, instance;
+
+-- name: load_buckets
+SELECT budget_id, instance, bucket_start, used, overrun FROM rolling_buckets
+WHERE tenant_id = ? AND budget_id || char(31) || instance IN (SELECT value FROM json_each(?));
+
+-- name: upsert_bucket
+INSERT INTO rolling_buckets (tenant_id, budget_id, instance, bucket_start, used, overrun)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (tenant_id, budget_id, instance, bucket_start) DO UPDATE SET used = excluded.used, overrun = excluded.overrun;
+
+-- name: prune_buckets
+DELETE FROM rolling_buckets WHERE tenant_id = ? AND budget_id = ? AND instance = ? AND bucket_start < ?;
+
+-- name: all_buckets
+SELECT budget_id, instance, bucket_start, used, overrun FROM rolling_buckets WHERE tenant_id = ?;
+
+-- name: load_counted
+SELECT budget_id, instance, entity FROM counted_entities
+WHERE tenant_id = ? AND budget_id || char(31) || instance || char(31) || window_start || char(31) || entity
+      IN (SELECT value FROM json_each(?));
+
+-- name: insert_counted
+INSERT INTO counted_entities (tenant_id, budget_id, instance, window_start, entity)
+VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING;
+
+-- name: prune_counted
+DELETE FROM counted_entities WHERE tenant_id = ? AND budget_id = ? AND instance = ? AND window_start < ?;
+
+-- name: all_counted
+SELECT budget_id, instance, window_start, entity FROM counted_entities WHERE tenant_id = ?;
+
+-- name: lock_reservations
+SELECT reservation_id, status, agent, action, task, amounts, parts, lease_expires_at_us, created_at_us,
+       resolved_at_us, result, resolve_key, was_expired
+FROM reservations WHERE tenant_id = ? AND reservation_id IN (SELECT value FROM json_each(?))
+ORDER BY reservation_id;
+
+-- name: due_reservations
+SELECT tenant_id, reservation_id FROM reservations
+WHERE status = 'held' AND lease_expires_at_us <= ? ORDER BY lease_expires_at_us LIMIT ?;
+
+-- name: held_reservations
+SELECT reservation_id, parts FROM reservations WHERE tenant_id = ? AND status = 'held';
+
+-- name: insert_reservation
+INSERT INTO reservations (tenant_id, reservation_id, status, agent, action, task, amounts, parts,
+                          lease_expires_at_us, created_at_us, resolved_at_us, result, resolve_key, was_expired)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: update_reservation
+UPDATE reservations SET status = ?, lease_expires_at_us = ?, resolved_at_us = ?, result = ?, resolve_key = ?,
+                        was_expired = ?
+WHERE tenant_id = ? AND reservation_id = ?;
+
+-- name: claim_new_idempotency
+INSERT INTO idempotency (tenant_id, idempotency_key, fingerprint, response, created_at_us)
+SELECT ?, value, '', NULL, ? FROM json_each(?) WHERE true ORDER BY value
+ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING idempotency_key;
+
+-- name: claim_idempotency
+SELECT idempotency_key, fingerprint, response FROM idempotency
+WHERE tenant_id = ? AND idempotency_key IN (SELECT value FROM json_each(?));
+
+-- name: insert_idempotency
+INSERT INTO idempotency (tenant_id, idempotency_key, fingerprint, response, created_at_us)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET fingerprint = excluded.fingerprint, response = excluded.response;
+
+-- name: insert_entry
+INSERT INTO ledger (tenant_id, at_us, kind, reservation_id, agent, action, postings, detail)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: ledger_page
+SELECT entry_id, at_us, kind, reservation_id, agent, action, postings, detail FROM ledger
+WHERE tenant_id = ? AND entry_id > ? ORDER BY entry_id LIMIT ?;

@@ -1,0 +1,123 @@
+"""Shared fixtures: a store per backend, an engine on it with a controllable clock.
+
+PostgreSQL tests use REMIT_TEST_PG (default postgresql://127.0.0.1:5432/postgres); each test
+gets a fresh database created from it. They are skipped when PostgreSQL is unreachable,
+except under CI (CI=true), where that is a failure: `.ci/run` also checks nothing was skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from remit.bootstrap import open_store
+from remit.config import load_file
+from remit.engine import Engine
+from remit.store.base import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = ROOT / "examples" / "remit.yaml"
+PG_ADMIN_URL = os.environ.get("REMIT_TEST_PG", "postgresql://127.0.0.1:5432/postgres")
+START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
+
+
+class FakeClock:
+    """A clock the test moves by hand; returns integer microseconds."""
+
+    def __init__(self, now_us: int = START_US) -> None:
+        self.now_us = now_us
+
+    def __call__(self) -> int:
+        return self.now_us
+
+    def advance(self, seconds: float) -> None:
+        self.now_us += int(seconds * 1_000_000)
+
+
+def _pg_available() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+_PG_OK: bool | None = None
+
+
+def require_postgres() -> None:
+    global _PG_OK
+    if _PG_OK is None:
+        _PG_OK = _pg_available()
+    if not _PG_OK:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is unreachable; CI must run the PostgreSQL tests")
+        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} is unreachable")
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    require_postgres()
+    name = f"remit_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(PG_ADMIN_URL, name)
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Store:
+    if kind == "sqlite":
+        return open_store(f"sqlite:///{tmp_path / 'remit.db'}")
+    url: str = request.getfixturevalue("pg_url")
+    return open_store(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Every contract test runs against each store."""
+    opened = make_store(request.param, tmp_path, request)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def engine(store: Store, clock: FakeClock) -> Engine:
+    """An engine with tenant `t1` configured from examples/remit.yaml."""
+    engine = Engine(store, clock=clock)
+    engine.create_tenant("t1", timezone="America/New_York")
+    engine.apply_config("t1", load_file(EXAMPLE_CONFIG), source=str(EXAMPLE_CONFIG))
+    return engine
+
+
+def config(**overrides: Any) -> dict[str, Any]:
+    """A small config document for tests: one meter `usd` (scale 2), scope `ops`, agent `a1`."""
+    document: dict[str, Any] = {
+        "tenant": {"timezone": "UTC"},
+        "meters": {"usd": {"kind": "sum", "scale": 2}, "accounts": {"kind": "distinct"}},
+        "scopes": {"ops": {"budgets": [{"meter": "usd", "limit": "100", "window": "day"}]}},
+        "agents": {"a1": {"scope": "ops"}, "a2": {"scope": "ops"}},
+    }
+    document.update(overrides)
+    return document
