@@ -110,7 +110,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
     try:
         raw = file.read_bytes()
     except OSError as error:
-        raise ConfigError(f"{file}: cannot read: {error.strerror}", [{"path": "", "message": str(error.strerror)}]) from None
+        raise ConfigError(
+            f"{file}: cannot read: {error.strerror}", [{"path": "", "message": str(error.strerror)}]
+        ) from None
     if len(raw) > CONFIG_BYTES_MAX:
         raise ConfigError(f"{file}: larger than {CONFIG_BYTES_MAX} bytes", [{"path": "", "message": "too large"}])
     try:
@@ -119,7 +121,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(f"{file}:{where}: not valid YAML: {problem}", [{"path": "", "message": str(problem)}]) from None
+        raise ConfigError(
+            f"{file}:{where}: not valid YAML: {problem}", [{"path": "", "message": str(problem)}]
+        ) from None
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -132,8 +136,8 @@ def parse_document(document: Mapping[str, Any], *, source: str = "<config>") -> 
     try:
         model = ConfigDoc.model_validate(dict(document))
     except pydantic.ValidationError as error:
-        problems = [{"path": _path_text(tuple(e["loc"])), "message": e["msg"]} for e in error.errors()]
-        raise _config_error(source, problems) from None
+        found = [{"path": _path_text(tuple(e["loc"])), "message": e["msg"]} for e in error.errors()]
+        raise _config_error(source, found) from None
     problems: list[dict[str, str]] = []
     _check(model, problems)
     if problems:
@@ -176,7 +180,7 @@ def _check(model: ConfigDoc, problems: list[dict[str, str]]) -> None:
     for where, scope, budgets in _all_budgets(model):
         for index, budget in enumerate(budgets):
             count += 1
-            _check_budget(model, f"{where}.budgets[{index}]", scope, budget, seen, problem)
+            _check_budget(model, f"{where}.budgets[{index}]", scope, budget, seen=seen, problem=problem)
     if count > BUDGETS_PER_TENANT_MAX:
         problem("scopes", f"more than {BUDGETS_PER_TENANT_MAX} budgets")
 
@@ -199,7 +203,7 @@ def _all_budgets(model: ConfigDoc) -> list[tuple[str, str, list[BudgetDoc]]]:
 
 
 def _check_budget(
-    model: ConfigDoc, where: str, scope: str, budget: BudgetDoc, seen: dict[str, str], problem: Any
+    model: ConfigDoc, where: str, scope: str, budget: BudgetDoc, *, seen: dict[str, str], problem: Any
 ) -> None:
     meter = model.meters.get(budget.meter)
     if meter is None:
@@ -229,9 +233,7 @@ def _check_budget(
 def build_tenant(tenant_id: str, document: Mapping[str, Any], version: int) -> TenantConfig:
     """Turn a validated (stored) document into the engine's TenantConfig."""
     model = ConfigDoc.model_validate(dict(document))
-    meters = {
-        name: Meter(name, MeterKind(meter.kind), meter.scale) for name, meter in model.meters.items()
-    }
+    meters = {name: Meter(name, MeterKind(meter.kind), meter.scale) for name, meter in model.meters.items()}
     scopes = {path: Scope(path, scope.owner if scope else None) for path, scope in model.scopes.items()}
     agents = {
         name: Agent(name, agent.scope, Priority(agent.priority), agent.owner) for name, agent in model.agents.items()
@@ -251,8 +253,9 @@ def build_tenant(tenant_id: str, document: Mapping[str, Any], version: int) -> T
                     window=window,
                     per_action_max=None
                     if doc.per_action_max is None
-                    else parse_exact_amount(doc.per_action_max, meter.scale, field="per_action_max",
-                                            maximum=LIMIT_BASE_UNITS_MAX),
+                    else parse_exact_amount(
+                        doc.per_action_max, meter.scale, field="per_action_max", maximum=LIMIT_BASE_UNITS_MAX
+                    ),
                     actions=doc.actions,
                     mode=Mode(doc.mode),
                     is_per_task=is_per_task,

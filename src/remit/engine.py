@@ -14,6 +14,7 @@ the asyncio front from the same core.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 import threading
 import time
@@ -70,6 +71,11 @@ BATCH_ATTEMPTS_MAX = 5
 """A batch that loses a deadlock or lock wait to another process is retried this many times."""
 
 
+_AMOUNT_CACHE: dict[tuple[object, int], int] = {}
+"""Decimal parsing is the slowest part of reading a request; agents repeat the same amounts."""
+_AMOUNT_CACHE_SIZE_MAX = 10_000
+
+
 def system_clock() -> int:
     return time.time_ns() // 1000
 
@@ -105,6 +111,8 @@ class _Act:
     idempotency_key: str | None
     fingerprint: str
     is_usage: bool = False
+    consulted: list[tuple[Budget, str]] | None = None
+    """The budgets (and instances) this request consults, once the batch has worked them out."""
 
 
 @dataclass(slots=True)
@@ -125,7 +133,7 @@ Result = Decision | CommitResult | ReleaseResult | ExtendResult | UsageResult | 
 
 
 class _Waiter:
-    __slots__ = ("operation", "result", "error", "is_finished", "is_leader", "signal")
+    __slots__ = ("error", "is_finished", "is_leader", "operation", "result", "signal")
 
     def __init__(self, operation: Operation) -> None:
         self.operation = operation
@@ -140,7 +148,7 @@ class _Waiter:
 _T = TypeVar("_T")
 
 
-def _expect(result: Result, kind: type[_T]) -> _T:
+def expect_result(result: Result, kind: type[_T]) -> _T:
     if not isinstance(result, kind):
         raise InvariantViolation(f"expected a {kind.__name__}, the batch answered {type(result).__name__}")
     return result
@@ -158,7 +166,9 @@ def _check_name(value: object, field_name: str) -> str:
 
 def _lease_us(lease_seconds: object) -> int:
     if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, int):
-        raise InvalidRequest("lease_seconds must be a whole number of seconds", code="invalid_field", field="lease_seconds")
+        raise InvalidRequest(
+            "lease_seconds must be a whole number of seconds", code="invalid_field", field="lease_seconds"
+        )
     if not LEASE_SECONDS_MIN <= lease_seconds <= LEASE_SECONDS_MAX:
         raise InvalidRequest(
             f"lease_seconds must be between {LEASE_SECONDS_MIN} and {LEASE_SECONDS_MAX}",
@@ -192,6 +202,8 @@ class Engine:
         self._queue: list[_Waiter] = []
         self._queue_lock = threading.Lock()
         self._is_leading = False
+        self._id_prefix = secrets.token_hex(8)
+        self._id_sequence = itertools.count(1)
         self.batches_executed = 0
         self.batch_sizes_total = 0
 
@@ -216,7 +228,9 @@ class Engine:
                     tenant = config_io.build_tenant(tenant_id, parsed.document, version)
                     tx.lock_counters(tenant_id, [(b.id, "") for b in tenant.budgets if not b.is_per_task])
                     entry = LedgerEntry(
-                        EntryKind.CONFIG, tenant_id, now_us,
+                        EntryKind.CONFIG,
+                        tenant_id,
+                        now_us,
                         detail={"version": version, "sha256": hashlib.sha256(canonical.encode()).hexdigest()},
                     )
                     tx.write(tenant_id, BatchWrite(entries=[entry]))
@@ -247,10 +261,12 @@ class Engine:
 
     # == requests ===============================================================================
     def authorize(self, tenant_id: str, request: ActionInput) -> Decision:
-        return _expect(self.submit(self._parse_act(tenant_id, request, is_usage=False)), Decision)
+        """Hold on every budget of the agent's path that selects the action, or deny saying why."""
+        return expect_result(self.submit(self.authorize_operation(tenant_id, request)), Decision)
 
     def report_usage(self, tenant_id: str, request: ActionInput) -> UsageResult:
-        return _expect(self.submit(self._parse_act(tenant_id, request, is_usage=True)), UsageResult)
+        """Count usage that was never held (post-hoc). It may pass a limit; the excess is flagged."""
+        return expect_result(self.submit(self.usage_operation(tenant_id, request)), UsageResult)
 
     def commit(
         self,
@@ -261,19 +277,62 @@ class Engine:
         outcome: str = "success",
         idempotency_key: str | None = None,
     ) -> CommitResult:
-        parsed = None if amounts is None else self._parse_amounts(self.tenant_config(tenant_id), amounts, "amounts")
-        operation = _Resolve(tenant_id, "commit", _check_name(reservation_id, "reservation"), parsed,
-                             outcome, _check_key(idempotency_key))
-        return _expect(self.submit(operation), CommitResult)
+        """Post actual amounts (held amounts where omitted); the rest of the hold is released."""
+        operation = self.commit_operation(
+            tenant_id, reservation_id, amounts, outcome=outcome, idempotency_key=idempotency_key
+        )
+        return expect_result(self.submit(operation), CommitResult)
 
     def release(self, tenant_id: str, reservation_id: str, *, idempotency_key: str | None = None) -> ReleaseResult:
-        operation = _Resolve(tenant_id, "release", _check_name(reservation_id, "reservation"),
-                             idempotency_key=_check_key(idempotency_key))
-        return _expect(self.submit(operation), ReleaseResult)
+        operation = self.release_operation(tenant_id, reservation_id, idempotency_key=idempotency_key)
+        return expect_result(self.submit(operation), ReleaseResult)
 
     def extend(self, tenant_id: str, reservation_id: str, lease_seconds: int = LEASE_SECONDS_DEFAULT) -> ExtendResult:
-        operation = _Resolve(tenant_id, "extend", _check_name(reservation_id, "reservation"), lease_us=_lease_us(lease_seconds))
-        return _expect(self.submit(operation), ExtendResult)
+        """Push the lease deadline to now + lease_seconds (a heartbeat for long actions)."""
+        return expect_result(self.submit(self.extend_operation(tenant_id, reservation_id, lease_seconds)), ExtendResult)
+
+    # -- operations: validated requests, ready for a batch (the async front submits these too) --
+    def authorize_operation(self, tenant_id: str, request: ActionInput) -> Operation:
+        return self._parse_act(tenant_id, request, is_usage=False)
+
+    def usage_operation(self, tenant_id: str, request: ActionInput) -> Operation:
+        return self._parse_act(tenant_id, request, is_usage=True)
+
+    def commit_operation(
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        amounts: Mapping[str, str | int] | None = None,
+        *,
+        outcome: str = "success",
+        idempotency_key: str | None = None,
+    ) -> Operation:
+        parsed = None if amounts is None else self._parse_amounts(self.tenant_config(tenant_id), amounts, "amounts")
+        return _Resolve(
+            tenant_id,
+            "commit",
+            _check_name(reservation_id, "reservation"),
+            parsed,
+            outcome,
+            _check_key(idempotency_key),
+        )
+
+    def release_operation(
+        self, tenant_id: str, reservation_id: str, *, idempotency_key: str | None = None
+    ) -> Operation:
+        return _Resolve(
+            tenant_id,
+            "release",
+            _check_name(reservation_id, "reservation"),
+            idempotency_key=_check_key(idempotency_key),
+        )
+
+    def extend_operation(
+        self, tenant_id: str, reservation_id: str, lease_seconds: int = LEASE_SECONDS_DEFAULT
+    ) -> Operation:
+        return _Resolve(
+            tenant_id, "extend", _check_name(reservation_id, "reservation"), lease_us=_lease_us(lease_seconds)
+        )
 
     def expire_holds(self, limit: int = EXPIRY_BATCH_SIZE_MAX) -> int:
         """Expire holds whose lease has run out; returns how many. Safe to run in every process."""
@@ -301,7 +360,8 @@ class Engine:
         except ValueError:
             raise InvalidRequest(
                 f"priority {request.priority!r} is not one of interactive, scheduled, background",
-                code="invalid_field", field="priority",
+                code="invalid_field",
+                field="priority",
             ) from None
         context = dict(request.context)
         if len(dumps(context)) > CONTEXT_BYTES_MAX:
@@ -310,20 +370,45 @@ class Engine:
         fingerprint = ""
         if key is not None:
             canonical = orjson.dumps(
-                [agent_name, task, action, sorted(amounts.items()), sorted(touches.items()), priority.value,
-                 request.lease_seconds, is_usage, context],
+                [
+                    agent_name,
+                    task,
+                    action,
+                    sorted(amounts.items()),
+                    sorted(touches.items()),
+                    priority.value,
+                    request.lease_seconds,
+                    is_usage,
+                    context,
+                ],
                 option=orjson.OPT_SORT_KEYS,
             )
             fingerprint = hashlib.sha256(canonical).hexdigest()
-        return _Act(tenant_id, agent, action, amounts, touches, task, context, priority,
-                    _lease_us(request.lease_seconds), key, fingerprint, is_usage)
+        return _Act(
+            tenant_id,
+            agent,
+            action,
+            amounts,
+            touches,
+            task,
+            context,
+            priority,
+            _lease_us(request.lease_seconds),
+            key,
+            fingerprint,
+            is_usage,
+        )
 
     @staticmethod
     def _parse_amounts(tenant: TenantConfig, amounts: Mapping[str, str | int], field_name: str) -> dict[str, int]:
         if not isinstance(amounts, Mapping):
-            raise InvalidRequest(f"{field_name} must be an object of meter → amount", code="invalid_field", field=field_name)
+            raise InvalidRequest(
+                f"{field_name} must be an object of meter → amount", code="invalid_field", field=field_name
+            )
         if len(amounts) > METERS_PER_REQUEST_MAX:
-            raise InvalidRequest(f"{field_name} has more than {METERS_PER_REQUEST_MAX} meters", code="invalid_field", field=field_name)
+            raise InvalidRequest(
+                f"{field_name} has more than {METERS_PER_REQUEST_MAX} meters", code="invalid_field", field=field_name
+            )
         parsed = {}
         for name, text in amounts.items():
             meter = tenant.meters.get(name)
@@ -331,15 +416,26 @@ class Engine:
             if meter is None:
                 raise InvalidRequest(f"{where}: meter {name!r} does not exist", code="unknown_meter", field=where)
             if meter.is_distinct:
-                raise InvalidRequest(f"{where}: {name!r} is a distinct meter; list entities in touches",
-                                     code="invalid_field", field=where)
-            parsed[name] = parse_amount(text, meter.scale, field=where)
+                raise InvalidRequest(
+                    f"{where}: {name!r} is a distinct meter; list entities in touches",
+                    code="invalid_field",
+                    field=where,
+                )
+            cache_key = (text, meter.scale)
+            amount = _AMOUNT_CACHE.get(cache_key) if type(text) is str else None
+            if amount is None:
+                amount = parse_amount(text, meter.scale, field=where)
+                if len(_AMOUNT_CACHE) < _AMOUNT_CACHE_SIZE_MAX:
+                    _AMOUNT_CACHE[cache_key] = amount
+            parsed[name] = amount
         return parsed
 
     @staticmethod
     def _parse_touches(tenant: TenantConfig, touches: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
         if not isinstance(touches, Mapping):
-            raise InvalidRequest("touches must be an object of meter → entity list", code="invalid_field", field="touches")
+            raise InvalidRequest(
+                "touches must be an object of meter → entity list", code="invalid_field", field="touches"
+            )
         parsed = {}
         count = 0
         for name, entities in touches.items():
@@ -348,14 +444,18 @@ class Engine:
             if meter is None:
                 raise InvalidRequest(f"{where}: meter {name!r} does not exist", code="unknown_meter", field=where)
             if not meter.is_distinct:
-                raise InvalidRequest(f"{where}: {name!r} is a sum meter; give it in amounts", code="invalid_field", field=where)
+                raise InvalidRequest(
+                    f"{where}: {name!r} is a sum meter; give it in amounts", code="invalid_field", field=where
+                )
             if isinstance(entities, str) or not isinstance(entities, Sequence):
                 raise InvalidRequest(f"{where} must be a list of entity ids", code="invalid_field", field=where)
             unique = tuple(dict.fromkeys(_check_name(entity, where) for entity in entities))
             count += len(unique)
             parsed[name] = unique
         if count > TOUCHES_PER_REQUEST_MAX:
-            raise InvalidRequest(f"touches lists more than {TOUCHES_PER_REQUEST_MAX} entities", code="invalid_field", field="touches")
+            raise InvalidRequest(
+                f"touches lists more than {TOUCHES_PER_REQUEST_MAX} entities", code="invalid_field", field="touches"
+            )
         return parsed
 
     # == batching across threads ================================================================
@@ -464,7 +564,9 @@ class Engine:
         held_live: dict[CounterKey, int] = {}
         for _, parts in held_parts:
             for part in parts:
-                held_live[(part.budget_id, part.instance)] = held_live.get((part.budget_id, part.instance), 0) + part.amount
+                held_live[(part.budget_id, part.instance)] = (
+                    held_live.get((part.budget_id, part.instance), 0) + part.amount
+                )
         for key in sorted(set(live) | set(rebuilt)):
             counter = live.get(key) or Counter(key)
             derived = rebuilt.get(key)
@@ -495,13 +597,23 @@ class Engine:
                 stored = counted.get(key, {}).get(counter.window_start, set())
                 posted = derived.entities.get(counter.window_start, set()) if derived else set()
                 if stored != posted or len(stored) != counter.used:
-                    report_.mismatches.append(f"{key}: {len(stored)} entities stored, {len(posted)} posted, used {counter.used}")
+                    report_.mismatches.append(
+                        f"{key}: {len(stored)} entities stored, {len(posted)} posted, used {counter.used}"
+                    )
             if budget is not None:
                 try:
                     check_counter(budget, counter, now_us)
                 except InvariantViolation as violation:
                     report_.mismatches.append(violation.message)
         return report_
+
+    def new_reservation_id(self) -> str:
+        """`res_` + this engine's random 64-bit prefix + a sequence number: unique across processes.
+
+        Cheaper than asking the OS for randomness per hold; ids are not secrets (every look-up
+        is confined to the caller's tenant).
+        """
+        return f"res_{self._id_prefix}{next(self._id_sequence):010x}"
 
     @property
     def batch_size_mean(self) -> float:
@@ -519,6 +631,8 @@ class _TenantBatch:
         self.counters: dict[CounterKey, Counter] = {}
         self.reservations: dict[str, Reservation] = {}
         self.answered_keys: dict[str, tuple[str, Any]] = {}
+        self.touched_reservations: set[str] = set()
+        """Ids already queued for writing (new or changed), so each is written once."""
         self.write = BatchWrite()
 
     def run(self, items: list[tuple[int, Operation]], results: list[Result | RemitError | BaseException]) -> None:
@@ -545,6 +659,8 @@ class _TenantBatch:
 
     # -- locking -------------------------------------------------------------------------------
     def _consulted_budgets(self, act: _Act) -> list[tuple[Budget, str]]:
+        if act.consulted is not None:
+            return act.consulted
         chosen = []
         for budget in self.tenant.budgets_on_path(act.agent, act.action):
             meter = budget.meter.name
@@ -556,6 +672,7 @@ class _TenantBatch:
                 chosen.append((budget, act.task))
             else:
                 chosen.append((budget, ""))
+        act.consulted = chosen
         return chosen
 
     def _lock_counters(self, acts: list[_Act]) -> None:
@@ -600,7 +717,9 @@ class _TenantBatch:
             if act.is_usage:
                 return _usage_from_record(record)
             return decision_from_record(record)
-        consulted = [Consulted(budget, self.counters[(budget.id, instance)]) for budget, instance in self._consulted_budgets(act)]
+        consulted = [
+            Consulted(budget, self.counters[(budget.id, instance)]) for budget, instance in self._consulted_budgets(act)
+        ]
         for item in consulted:
             measure(item, act.amounts, act.touches)
         if act.is_usage:
@@ -621,7 +740,7 @@ class _TenantBatch:
             return decision
         reservation = Reservation(
             tenant_id=act.tenant_id,
-            id="res_" + secrets.token_hex(12),
+            id=self.engine.new_reservation_id(),
             status=Status.HELD,
             agent=act.agent.name,
             action=act.action,
@@ -634,8 +753,12 @@ class _TenantBatch:
         decision.reservation_id = reservation.id
         decision.lease_expires_at_us = reservation.lease_expires_at_us
         self.reservations[reservation.id] = reservation
+        self.touched_reservations.add(reservation.id)
         self.write.new_reservations.append(reservation)
-        detail: dict[str, Any] = {"priority": act.priority.value, "lease_expires_at_us": reservation.lease_expires_at_us}
+        detail: dict[str, Any] = {
+            "priority": act.priority.value,
+            "lease_expires_at_us": reservation.lease_expires_at_us,
+        }
         if act.task is not None:
             detail["task"] = act.task
         if act.context:
@@ -701,11 +824,17 @@ class _TenantBatch:
         if reservation.status is Status.EXPIRED:
             if op.kind == "commit":
                 return self._commit_late(reservation, op)
-            raise Conflict(f"reservation {reservation.id} expired at its lease deadline", code="expired",
-                           details={"lease_expires_at_us": reservation.lease_expires_at_us})
+            raise Conflict(
+                f"reservation {reservation.id} expired at its lease deadline",
+                code="expired",
+                details={"lease_expires_at_us": reservation.lease_expires_at_us},
+            )
         code = "already_committed" if reservation.status is Status.COMMITTED else "already_released"
-        raise Conflict(f"reservation {reservation.id} is {reservation.status.value} already", code=code,
-                       details={"status": reservation.status.value})
+        raise Conflict(
+            f"reservation {reservation.id} is {reservation.status.value} already",
+            code=code,
+            details={"status": reservation.status.value},
+        )
 
     def _check_actuals(self, reservation: Reservation, op: _Resolve) -> dict[str, int]:
         actuals = dict(reservation.amounts)
@@ -713,7 +842,8 @@ class _TenantBatch:
             if meter not in reservation.amounts:
                 raise InvalidRequest(
                     f"amounts.{meter}: the reservation held no {meter}; report it as usage instead",
-                    code="meter_not_held", field=f"amounts.{meter}",
+                    code="meter_not_held",
+                    field=f"amounts.{meter}",
                 )
             actuals[meter] = amount
         return actuals
@@ -726,13 +856,17 @@ class _TenantBatch:
         for part in reservation.parts:
             counter = self.counters[(part.budget_id, part.instance)]
             budget = self.tenant.budget(part.budget_id)
-            postings.append(self._release_part(budget, counter, part))
+            release_posting = self._release_part(budget, counter, part)
             if budget is None:
+                postings.append(release_posting)
                 continue  # the budget was removed from the config: its hold is released, nothing counted
             meter = budget.meter.name
             posting = post_usage(budget, counter, self.now_us, actuals.get(meter, 0), part.entities)
+            posting.held = release_posting.held  # one posting per budget: the hold goes, the usage comes
             postings.append(posting)
-            committed[meter] = max(committed.get(meter, 0), posting.used) if budget.meter.is_distinct else actuals[meter]
+            committed[meter] = (
+                max(committed.get(meter, 0), posting.used) if budget.meter.is_distinct else actuals[meter]
+            )
             if posting.overrun:
                 overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
         released = {meter: max(0, held - actuals[meter]) for meter, held in reservation.amounts.items()}
@@ -771,16 +905,20 @@ class _TenantBatch:
         return result
 
     def _release(self, reservation: Reservation, op: _Resolve) -> ReleaseResult:
-        postings = [self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
-                    for part in reservation.parts]
+        postings = [
+            self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
+            for part in reservation.parts
+        ]
         result = ReleaseResult(reservation.id, "released", dict(reservation.amounts))
         self._finish(reservation, Status.RELEASED, op, result.to_record())
         self._entry(EntryKind.RELEASE, reservation, postings, {})
         return result
 
     def _expire(self, reservation: Reservation) -> None:
-        postings = [self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
-                    for part in reservation.parts]
+        postings = [
+            self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
+            for part in reservation.parts
+        ]
         reservation.status = Status.EXPIRED
         reservation.resolved_at_us = self.now_us
         self._changed(reservation)
@@ -801,24 +939,43 @@ class _TenantBatch:
         self._changed(reservation)
 
     def _changed(self, reservation: Reservation) -> None:
-        if reservation in self.write.new_reservations or reservation in self.write.changed_reservations:
+        if reservation.id in self.touched_reservations:
             return
+        self.touched_reservations.add(reservation.id)
         self.write.changed_reservations.append(reservation)
 
-    def _entry(self, kind: EntryKind, reservation: Reservation, postings: list[Posting], detail: dict[str, Any]) -> None:
+    def _entry(
+        self, kind: EntryKind, reservation: Reservation, postings: list[Posting], detail: dict[str, Any]
+    ) -> None:
         self.write.entries.append(
-            LedgerEntry(kind, reservation.tenant_id, self.now_us, reservation.id, reservation.agent,
-                        reservation.action, postings, detail)
+            LedgerEntry(
+                kind,
+                reservation.tenant_id,
+                self.now_us,
+                reservation.id,
+                reservation.agent,
+                reservation.action,
+                postings,
+                detail,
+            )
         )
 
 
 def _usage_to_record(result: Decision | UsageResult) -> dict[str, Any]:
-    usage = _expect(result, UsageResult)
+    usage = expect_result(result, UsageResult)
     decision = decision_to_record(Decision(Outcome.ALLOW, usage.budgets))
     return {"budgets": decision["budgets"], "overrun": usage.overrun}
 
 
 def _usage_from_record(record: dict[str, Any]) -> UsageResult:
-    decision = decision_from_record({**record, "outcome": "allow", "reasons": [], "reservation_id": None,
-                                     "lease_expires_at_us": None, "retry_after_seconds": None})
+    decision = decision_from_record(
+        {
+            **record,
+            "outcome": "allow",
+            "reasons": [],
+            "reservation_id": None,
+            "lease_expires_at_us": None,
+            "retry_after_seconds": None,
+        }
+    )
     return UsageResult(decision.budgets, record["overrun"])

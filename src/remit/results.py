@@ -29,8 +29,9 @@ class CommitResult:
 
     @classmethod
     def from_record(cls, reservation_id: str, record: dict[str, Any]) -> CommitResult:
-        return cls(reservation_id, "committed", record["committed"], record["released"], record["overrun"],
-                   record["is_late"])
+        return cls(
+            reservation_id, "committed", record["committed"], record["released"], record["overrun"], record["is_late"]
+        )
 
 
 @dataclass(slots=True)

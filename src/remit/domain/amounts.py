@@ -39,7 +39,7 @@ _CONTEXT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Ove
 def _to_decimal(text: object, field: str) -> decimal.Decimal:
     if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise InvalidRequest(
-            f"{field}: amount must be a decimal string such as \"12.50\"",
+            f'{field}: amount must be a decimal string such as "12.50"',
             code="invalid_amount",
             field=field,
         )

@@ -77,13 +77,15 @@ class Counter:
     """The window moved on in this batch: usage counted in older windows can be forgotten."""
     bucket_floor: int = 0
     """Rolling windows: the oldest bucket start still inside the window."""
+    window_end: int | None = None
+    """Calendar windows: when the current window ends (None for total), set by `advance`."""
 
     def advance(self, budget: Budget, now_us: int, tz: ZoneInfo, cache: BoundsCache) -> None:
         """Move a calendar counter into the window containing `now_us`, dropping the old usage."""
         if budget.window.kind is WindowKind.ROLLING:
             self.bucket_floor = rolling_floor(budget.window, now_us)
             return
-        start, _ = cache.bounds(budget.window, now_us, tz)
+        start, self.window_end = cache.bounds(budget.window, now_us, tz)
         if start != self.window_start:
             self.window_start = start
             self.used = 0

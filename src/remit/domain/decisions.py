@@ -31,7 +31,7 @@ class ReasonCode(enum.Enum):
     """A shadow budget would have denied; the action was allowed and this is recorded."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BudgetReport:
     """One consulted budget, as it stood when the decision was made (after the hold if allowed)."""
 
@@ -49,7 +49,7 @@ class BudgetReport:
     is_shadow: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reason:
     code: ReasonCode
     budget: str
@@ -78,8 +78,20 @@ def decision_to_record(decision: Decision) -> dict[str, Any]:
         "lease_expires_at_us": decision.lease_expires_at_us,
         "retry_after_seconds": decision.retry_after_seconds,
         "budgets": [
-            [b.budget, b.scope, b.meter, b.window, b.scale, b.limit, b.used, b.held, b.requested,
-             b.remaining, b.resets_at_us, b.is_shadow]
+            [
+                b.budget,
+                b.scope,
+                b.meter,
+                b.window,
+                b.scale,
+                b.limit,
+                b.used,
+                b.held,
+                b.requested,
+                b.remaining,
+                b.resets_at_us,
+                b.is_shadow,
+            ]
             for b in decision.budgets
         ],
         "reasons": [[r.code.value, r.budget, r.message] for r in decision.reasons],

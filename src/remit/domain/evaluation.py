@@ -33,9 +33,7 @@ class Consulted:
     touched_count: int = 0
 
 
-def measure(
-    consulted: Consulted, amounts: Mapping[str, int], touches: Mapping[str, tuple[str, ...]]
-) -> None:
+def measure(consulted: Consulted, amounts: Mapping[str, int], touches: Mapping[str, tuple[str, ...]]) -> None:
     """Fill in what the request asks of this budget.
 
     A distinct meter asks one unit per touched entity not yet counted in the window. Two live
@@ -56,6 +54,9 @@ def measure(
 
 def resets_at(budget: Budget, counter: Counter, now_us: int, tz: ZoneInfo, cache: BoundsCache) -> int | None:
     """When the window next gives usage back: calendar end, oldest rolling bucket leaving, or never."""
+    window_end = counter.window_end
+    if window_end is not None and window_end > now_us:
+        return window_end
     window = budget.window
     if window.kind is WindowKind.TOTAL:
         return None
@@ -98,7 +99,8 @@ def _denial(consulted: Consulted, now_us: int, tz: ZoneInfo, cache: BoundsCache)
         )
         return Reason(ReasonCode.PER_ACTION_MAX_EXCEEDED, budget.id, message), None
     if consulted.requested > budget.limit:
-        message = f"{budget.id}: {format_amount(consulted.requested, scale)} {unit} is more than the whole limit of {limit_text}"
+        requested_text = format_amount(consulted.requested, scale)
+        message = f"{budget.id}: {requested_text} {unit} is more than the whole limit of {limit_text}"
         return Reason(ReasonCode.EXCEEDS_LIMIT, budget.id, message), None
     used = counter.used_now(budget, now_us)
     headroom = budget.limit - used - counter.held
@@ -199,6 +201,4 @@ def check_counter(budget: Budget, counter: Counter, now_us: int) -> None:
         return
     authorised = counter.used_now(budget, now_us) - counter.overrun_now(budget, now_us) + counter.held
     if authorised > budget.limit:
-        raise InvariantViolation(
-            f"{budget.id}: used - overrun + held = {authorised} exceeds the limit {budget.limit}"
-        )
+        raise InvariantViolation(f"{budget.id}: used - overrun + held = {authorised} exceeds the limit {budget.limit}")

@@ -25,7 +25,7 @@ class EntryKind(enum.Enum):
     CONFIG = "config"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Posting:
     budget_id: str
     instance: str

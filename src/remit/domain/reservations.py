@@ -14,7 +14,7 @@ class Status(enum.Enum):
     EXPIRED = "expired"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HoldPart:
     """What one reservation holds on one budget instance."""
 

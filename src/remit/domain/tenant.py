@@ -51,17 +51,16 @@ class TenantConfig:
     agents: dict[str, Agent]
     version: int = 0
     _by_scope: dict[str, list[Budget]] = field(default_factory=dict, repr=False)
+    _by_id: dict[str, Budget] = field(default_factory=dict, repr=False)
     _path_cache: dict[tuple[str, str], list[Budget]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for budget in self.budgets:
             self._by_scope.setdefault(budget.scope, []).append(budget)
+            self._by_id[budget.id] = budget
 
     def budget(self, budget_id: str) -> Budget | None:
-        for budget in self.budgets:
-            if budget.id == budget_id:
-                return budget
-        return None
+        return self._by_id.get(budget_id)
 
     def budgets_on_path(self, agent: Agent, action: str) -> list[Budget]:
         """Every budget from the agent's own scope up to the root that selects `action`.

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from remit.limits import ROLLING_BUCKETS_MAX, ROLLING_SECONDS_MAX
 
 US_PER_SECOND = 1_000_000
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 
 
@@ -109,6 +109,22 @@ def _local_midnight(day: dt.date, tz: ZoneInfo) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=tz)
 
 
+def _utcoffset(us: int, tz: ZoneInfo) -> dt.timedelta | None:
+    return to_datetime(us).astimezone(tz).utcoffset()
+
+
+def _offset_change(before_us: int, after_us: int, tz: ZoneInfo) -> int:
+    """The first instant in (before_us, after_us] with after_us's UTC offset (bisection, one change)."""
+    target = _utcoffset(after_us, tz)
+    while after_us - before_us > 1:
+        middle = (before_us + after_us) // 2
+        if _utcoffset(middle, tz) == target:
+            after_us = middle
+        else:
+            before_us = middle
+    return after_us
+
+
 def calendar_bounds(window: Window, now_us: int, tz: ZoneInfo) -> tuple[int, int | None]:
     """Start and end (exclusive) of the calendar window containing `now_us`; end None for total."""
     kind = window.kind
@@ -118,13 +134,19 @@ def calendar_bounds(window: Window, now_us: int, tz: ZoneInfo) -> tuple[int, int
         raise ValueError("rolling windows have buckets, not calendar bounds")
     local = to_datetime(now_us).astimezone(tz)
     if kind is WindowKind.MINUTE or kind is WindowKind.HOUR:
-        # Aligned on the local clock; fold keeps the repeated DST hour distinct.
-        start_local = local.replace(second=0, microsecond=0)
+        # Aligned on the local clock at the current UTC offset, and cut at an offset change:
+        # re-reading a wall-clock hour start across a half-hour shift (Australia/Lord_Howe, or
+        # Pacific/Chatham's 02:45 shift) gave windows that overlapped or did not contain `now`.
+        into_us = local.second * US_PER_SECOND + local.microsecond
         if kind is WindowKind.HOUR:
-            start_local = start_local.replace(minute=0)
-        start = to_us(start_local)
-        length = 60 if kind is WindowKind.MINUTE else 3600
-        return start, start + length * US_PER_SECOND
+            into_us += local.minute * 60 * US_PER_SECOND
+        start = now_us - into_us
+        end = start + (60 if kind is WindowKind.MINUTE else 3600) * US_PER_SECOND
+        if _utcoffset(start, tz) != local.utcoffset():
+            start = _offset_change(start, now_us, tz)
+        if _utcoffset(end - 1, tz) != local.utcoffset():
+            end = _offset_change(now_us, end - 1, tz)
+        return start, end
     today = local.date()
     if kind is WindowKind.DAY:
         first, after = today, today + dt.timedelta(days=1)

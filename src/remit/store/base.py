@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,9 +21,6 @@ import orjson
 from remit.domain.budgets import Counter, CounterKey
 from remit.domain.ledger import EntryKind, LedgerEntry, Posting
 from remit.domain.reservations import HoldPart, Reservation, Status
-
-_SEPARATOR = "\x1f"
-"""Joins key parts for list look-ups (ASCII unit separator: names never contain it)."""
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -75,7 +72,11 @@ class Transaction(abc.ABC):
         """How a list of values is passed as one parameter."""
 
     @abc.abstractmethod
-    def _execute(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def _keyed(self, tenant_id: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
+        """Parameters for a look-up by many composite keys (`rows`, one value per column)."""
+
+    @abc.abstractmethod
+    def _execute(self, name: str, params: Sequence[Any] | Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run a named statement and return its rows (empty for statements without rows)."""
 
     @abc.abstractmethod
@@ -89,7 +90,7 @@ class Transaction(abc.ABC):
         self._execute("insert_tenant", (tenant_id, name, timezone, now_us))
 
     def tenant_versions(self, tenant_ids: Sequence[str]) -> dict[str, int]:
-        return dict(self._execute("tenant_versions", (self._list(tenant_ids),)))  # type: ignore[arg-type]
+        return {row[0]: row[1] for row in self._execute("tenant_versions", (self._list(tenant_ids),))}
 
     def load_tenant(self, tenant_id: str) -> TenantRow | None:
         rows = self._execute("load_tenant", (tenant_id,))
@@ -106,13 +107,14 @@ class Transaction(abc.ABC):
     def lock_counters(self, tenant_id: str, keys: Iterable[CounterKey]) -> dict[CounterKey, Counter]:
         """Lock (creating where missing) the counters of `keys`, in key order."""
         wanted = sorted(set(keys))
-        joined = [f"{budget}{_SEPARATOR}{instance}" for budget, instance in wanted]
-        counters = self._counters_from(self._execute("lock_counters", (tenant_id, self._list(joined))))
+        columns = ("budgets", "instances")
+        counters = self._counters_from(self._execute("lock_counters", self._keyed(tenant_id, columns, wanted)))
         missing = [key for key in wanted if key not in counters]
         if missing:
             self._execute_many("ensure_counter", [(tenant_id, budget, instance) for budget, instance in missing])
-            joined = [f"{budget}{_SEPARATOR}{instance}" for budget, instance in missing]
-            counters.update(self._counters_from(self._execute("lock_counters", (tenant_id, self._list(joined)))))
+            counters.update(
+                self._counters_from(self._execute("lock_counters", self._keyed(tenant_id, columns, missing)))
+            )
         return counters
 
     @staticmethod
@@ -125,8 +127,8 @@ class Transaction(abc.ABC):
     def load_buckets(self, tenant_id: str, counters: Sequence[Counter]) -> None:
         """Fill the rolling buckets of `counters` (already locked)."""
         by_key = {counter.key: counter for counter in counters}
-        joined = [f"{budget}{_SEPARATOR}{instance}" for budget, instance in by_key]
-        for budget, instance, start, used, overrun in self._execute("load_buckets", (tenant_id, self._list(joined))):
+        params = self._keyed(tenant_id, ("budgets", "instances"), list(by_key))
+        for budget, instance, start, used, overrun in self._execute("load_buckets", params):
             counter = by_key[(budget, instance)]
             counter.buckets[start] = used
             if overrun:
@@ -135,14 +137,14 @@ class Transaction(abc.ABC):
     def load_counted(self, tenant_id: str, wanted: Iterable[tuple[Counter, str]]) -> None:
         """Mark which of the (counter, entity) pairs are already counted in the counter's window."""
         by_key: dict[CounterKey, Counter] = {}
-        joined = []
+        rows = []
         for counter, entity in wanted:
             by_key[counter.key] = counter
-            budget, instance = counter.key
-            joined.append(_SEPARATOR.join((budget, instance, str(counter.window_start), entity)))
-        if not joined:
+            rows.append((counter.key[0], counter.key[1], counter.window_start, entity))
+        if not rows:
             return
-        for budget, instance, entity in self._execute("load_counted", (tenant_id, self._list(joined))):
+        params = self._keyed(tenant_id, ("budgets", "instances", "windows", "entities"), rows)
+        for budget, instance, entity in self._execute("load_counted", params):
             by_key[(budget, instance)].counted_entities.add(entity)
 
     def all_counters(self, tenant_id: str) -> dict[CounterKey, Counter]:
@@ -255,13 +257,23 @@ class Transaction(abc.ABC):
             )
         self._write_rolling(tenant_id, counters)
         if batch.new_reservations:
-            self._execute_many("insert_reservation", [self._reservation_row(tenant_id, r) for r in batch.new_reservations])
+            self._execute_many(
+                "insert_reservation", [self._reservation_row(tenant_id, r) for r in batch.new_reservations]
+            )
         if batch.changed_reservations:
             self._execute_many(
                 "update_reservation",
                 [
-                    (r.status.value, r.lease_expires_at_us, r.resolved_at_us, dumps(r.result) if r.result else None,
-                     r.resolve_key, r.was_expired, tenant_id, r.id)
+                    (
+                        r.status.value,
+                        r.lease_expires_at_us,
+                        r.resolved_at_us,
+                        dumps(r.result) if r.result else None,
+                        r.resolve_key,
+                        r.was_expired,
+                        tenant_id,
+                        r.id,
+                    )
                     for r in batch.changed_reservations
                 ],
             )
@@ -277,8 +289,16 @@ class Transaction(abc.ABC):
             self._execute_many(
                 "insert_entry",
                 [
-                    (tenant_id, e.at_us, e.kind.value, e.reservation_id, e.agent, e.action,
-                     dumps([p.to_row() for p in e.postings]), dumps(e.detail))
+                    (
+                        tenant_id,
+                        e.at_us,
+                        e.kind.value,
+                        e.reservation_id,
+                        e.agent,
+                        e.action,
+                        dumps([p.to_row() for p in e.postings]),
+                        dumps(e.detail),
+                    )
                     for e in batch.entries
                 ],
             )
@@ -290,9 +310,9 @@ class Transaction(abc.ABC):
             )
 
     def _write_rolling(self, tenant_id: str, counters: list[Counter]) -> None:
-        buckets = []
-        prune_buckets = []
-        prune_counted = []
+        buckets: list[tuple[Any, ...]] = []
+        prune_buckets: list[tuple[Any, ...]] = []
+        prune_counted: list[tuple[Any, ...]] = []
         for counter in counters:
             budget, instance = counter.key
             if counter.buckets:
@@ -314,9 +334,20 @@ class Transaction(abc.ABC):
     @staticmethod
     def _reservation_row(tenant_id: str, r: Reservation) -> tuple[Any, ...]:
         return (
-            tenant_id, r.id, r.status.value, r.agent, r.action, r.task, dumps(r.amounts),
-            dumps([part.to_row() for part in r.parts]), r.lease_expires_at_us, r.created_at_us,
-            r.resolved_at_us, dumps(r.result) if r.result else None, r.resolve_key, r.was_expired,
+            tenant_id,
+            r.id,
+            r.status.value,
+            r.agent,
+            r.action,
+            r.task,
+            dumps(r.amounts),
+            dumps([part.to_row() for part in r.parts]),
+            r.lease_expires_at_us,
+            r.created_at_us,
+            r.resolved_at_us,
+            dumps(r.result) if r.result else None,
+            r.resolve_key,
+            r.was_expired,
         )
 
 

@@ -7,8 +7,8 @@ deadlock on each other's counters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -32,7 +32,13 @@ class PostgresTransaction(Transaction):
     def _list(self, values: Sequence[Any]) -> Any:
         return list(values)
 
-    def _execute(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def _keyed(self, tenant_id: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
+        params: dict[str, Any] = {"tenant": tenant_id}
+        for index, column in enumerate(columns):
+            params[column] = [row[index] for row in rows]
+        return params
+
+    def _execute(self, name: str, params: Sequence[Any] | Mapping[str, Any]) -> list[tuple[Any, ...]]:
         cursor = self._cursor.execute(self._sql[name], params, prepare=True)
         return cursor.fetchall() if cursor.description is not None else []
 
@@ -76,7 +82,7 @@ class PostgresStore(Store):
         return PostgresTransaction(connection, self._statements)
 
     def _rollback(self, transaction: Transaction) -> None:
-        assert isinstance(transaction, PostgresTransaction)
+        transaction = cast(PostgresTransaction, transaction)  # this store only hands out its own
         try:
             if transaction.is_open:
                 transaction.is_open = False

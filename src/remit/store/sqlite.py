@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from remit.store import migrate
 from remit.store.base import Store, Transaction, dumps, load_statements
@@ -30,7 +30,10 @@ class SqliteTransaction(Transaction):
     def _list(self, values: Sequence[Any]) -> Any:
         return dumps(list(values))
 
-    def _execute(self, name: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def _keyed(self, tenant_id: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
+        return (tenant_id, dumps([list(row) for row in rows]))
+
+    def _execute(self, name: str, params: Sequence[Any] | Mapping[str, Any]) -> list[tuple[Any, ...]]:
         return self._connection.execute(self._sql[name], params).fetchall()
 
     def _execute_many(self, name: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -74,7 +77,7 @@ class SqliteStore(Store):
         return SqliteTransaction(self._connection(), self._statements)
 
     def _rollback(self, transaction: Transaction) -> None:
-        assert isinstance(transaction, SqliteTransaction)
+        transaction = cast(SqliteTransaction, transaction)  # this store only hands out its own
         if transaction.is_open:
             transaction.is_open = False
             self._connection().execute("ROLLBACK")

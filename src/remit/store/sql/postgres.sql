@@ -19,9 +19,13 @@ WHERE tenant_id = %s RETURNING config_version;
 SELECT tenant_id FROM tenants ORDER BY tenant_id;
 
 -- name: lock_counters
-SELECT budget_id, instance, window_start, used, held, overrun FROM counters
-WHERE tenant_id = %s AND budget_id || chr(31) || instance = ANY(%s)
-ORDER BY budget_id, instance FOR UPDATE;
+-- Keys arrive as parallel arrays; the join walks the primary key.
+SELECT c.budget_id, c.instance, c.window_start, c.used, c.held, c.overrun
+FROM counters AS c
+JOIN unnest(%(budgets)s::text[], %(instances)s::text[]) AS k(budget_id, instance)
+  ON c.budget_id = k.budget_id AND c.instance = k.instance
+WHERE c.tenant_id = %(tenant)s
+ORDER BY c.budget_id, c.instance FOR UPDATE OF c;
 
 -- name: ensure_counter
 INSERT INTO counters (tenant_id, budget_id, instance, window_start, used, held, overrun)
@@ -36,8 +40,11 @@ SELECT budget_id, instance, window_start, used, held, overrun FROM counters
 WHERE tenant_id = %s ORDER BY budget_id, instance;
 
 -- name: load_buckets
-SELECT budget_id, instance, bucket_start, used, overrun FROM rolling_buckets
-WHERE tenant_id = %s AND budget_id || chr(31) || instance = ANY(%s);
+SELECT b.budget_id, b.instance, b.bucket_start, b.used, b.overrun
+FROM rolling_buckets AS b
+JOIN unnest(%(budgets)s::text[], %(instances)s::text[]) AS k(budget_id, instance)
+  ON b.budget_id = k.budget_id AND b.instance = k.instance
+WHERE b.tenant_id = %(tenant)s;
 
 -- name: upsert_bucket
 INSERT INTO rolling_buckets (tenant_id, budget_id, instance, bucket_start, used, overrun)
@@ -51,8 +58,13 @@ DELETE FROM rolling_buckets WHERE tenant_id = %s AND budget_id = %s AND instance
 SELECT budget_id, instance, bucket_start, used, overrun FROM rolling_buckets WHERE tenant_id = %s;
 
 -- name: load_counted
-SELECT budget_id, instance, entity FROM counted_entities
-WHERE tenant_id = %s AND budget_id || chr(31) || instance || chr(31) || window_start::text || chr(31) || entity = ANY(%s);
+SELECT e.budget_id, e.instance, e.entity
+FROM counted_entities AS e
+JOIN unnest(%(budgets)s::text[], %(instances)s::text[], %(windows)s::bigint[], %(entities)s::text[])
+     AS k(budget_id, instance, window_start, entity)
+  ON e.budget_id = k.budget_id AND e.instance = k.instance AND e.window_start = k.window_start
+ AND e.entity = k.entity
+WHERE e.tenant_id = %(tenant)s;
 
 -- name: insert_counted
 INSERT INTO counted_entities (tenant_id, budget_id, instance, window_start, entity)

@@ -19,9 +19,12 @@ WHERE tenant_id = ? RETURNING config_version;
 SELECT tenant_id FROM tenants ORDER BY tenant_id;
 
 -- name: lock_counters
-SELECT budget_id, instance, window_start, used, held, overrun FROM counters
-WHERE tenant_id = ? AND budget_id || char(31) || instance IN (SELECT value FROM json_each(?))
-ORDER BY budget_id, instance;
+-- Keys arrive as one JSON array of [budget_id, instance]; the join walks the primary key.
+SELECT c.budget_id, c.instance, c.window_start, c.used, c.held, c.overrun
+FROM json_each(?2) AS k CROSS JOIN
+    counters AS c ON c.tenant_id = ?1 AND c.budget_id = json_extract(k.value, '$[0]')
+                  AND c.instance = json_extract(k.value, '$[1]')
+ORDER BY c.budget_id, c.instance;
 
 -- name: ensure_counter
 INSERT INTO counters (tenant_id, budget_id, instance, window_start, used, held, overrun)
@@ -36,8 +39,10 @@ SELECT budget_id, instance, window_start, used, held, overrun FROM counters
 WHERE tenant_id = ? ORDER BY budget_id, instance;
 
 -- name: load_buckets
-SELECT budget_id, instance, bucket_start, used, overrun FROM rolling_buckets
-WHERE tenant_id = ? AND budget_id || char(31) || instance IN (SELECT value FROM json_each(?));
+SELECT b.budget_id, b.instance, b.bucket_start, b.used, b.overrun
+FROM json_each(?2) AS k CROSS JOIN
+    rolling_buckets AS b ON b.tenant_id = ?1 AND b.budget_id = json_extract(k.value, '$[0]')
+                         AND b.instance = json_extract(k.value, '$[1]');
 
 -- name: upsert_bucket
 INSERT INTO rolling_buckets (tenant_id, budget_id, instance, bucket_start, used, overrun)
@@ -51,9 +56,12 @@ DELETE FROM rolling_buckets WHERE tenant_id = ? AND budget_id = ? AND instance =
 SELECT budget_id, instance, bucket_start, used, overrun FROM rolling_buckets WHERE tenant_id = ?;
 
 -- name: load_counted
-SELECT budget_id, instance, entity FROM counted_entities
-WHERE tenant_id = ? AND budget_id || char(31) || instance || char(31) || window_start || char(31) || entity
-      IN (SELECT value FROM json_each(?));
+SELECT e.budget_id, e.instance, e.entity
+FROM json_each(?2) AS k CROSS JOIN
+    counted_entities AS e ON e.tenant_id = ?1 AND e.budget_id = json_extract(k.value, '$[0]')
+                          AND e.instance = json_extract(k.value, '$[1]')
+                          AND e.window_start = json_extract(k.value, '$[2]')
+                          AND e.entity = json_extract(k.value, '$[3]');
 
 -- name: insert_counted
 INSERT INTO counted_entities (tenant_id, budget_id, instance, window_start, entity)

@@ -1,0 +1,106 @@
+"""The asyncio front of the engine: coroutines submit operations, one task runs the batches.
+
+Derived from the synchronous core (`Engine.execute`), which runs in a worker thread so the
+event loop keeps accepting requests while a batch is in the store; everything that arrives
+meanwhile forms the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from remit.domain.decisions import Decision
+from remit.engine import ActionInput, Engine, Operation, Result, expect_result
+from remit.errors import Overloaded
+from remit.limits import LEASE_SECONDS_DEFAULT, QUEUE_LENGTH_MAX
+from remit.results import CommitResult, ExtendResult, ReleaseResult, UsageResult
+
+
+class AsyncBatcher:
+    """Batches operations from many coroutines into `Engine.execute` calls, one at a time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pending: list[tuple[Operation, asyncio.Future[Result]]] = []
+        self._is_draining = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="remit-batch")
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def submit(self, operation: Operation) -> Result:
+        if len(self._pending) >= QUEUE_LENGTH_MAX:
+            raise Overloaded(f"more than {QUEUE_LENGTH_MAX} requests are waiting; retry shortly")
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((operation, future))
+        if not self._is_draining:
+            self._is_draining = True
+            self._idle.clear()
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                size = self.engine.batch_size_max
+                batch, self._pending = self._pending[:size], self._pending[size:]
+                try:
+                    results = await loop.run_in_executor(self._executor, self.engine.execute, [op for op, _ in batch])
+                except Exception as error:  # every caller of the failed batch gets the error
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():  # the caller was cancelled; its hold expires with its lease
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._is_draining = False
+            self._idle.set()
+
+    async def drain(self) -> None:
+        """Wait until every submitted operation has been decided (for graceful shutdown)."""
+        await self._idle.wait()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    # -- the engine's request methods, awaited -------------------------------------------------
+    async def authorize(self, tenant_id: str, request: ActionInput) -> Decision:
+        return expect_result(await self.submit(self.engine.authorize_operation(tenant_id, request)), Decision)
+
+    async def report_usage(self, tenant_id: str, request: ActionInput) -> UsageResult:
+        return expect_result(await self.submit(self.engine.usage_operation(tenant_id, request)), UsageResult)
+
+    async def commit(
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        amounts: Mapping[str, str | int] | None = None,
+        *,
+        outcome: str = "success",
+        idempotency_key: str | None = None,
+    ) -> CommitResult:
+        operation = self.engine.commit_operation(
+            tenant_id, reservation_id, amounts, outcome=outcome, idempotency_key=idempotency_key
+        )
+        return expect_result(await self.submit(operation), CommitResult)
+
+    async def release(
+        self, tenant_id: str, reservation_id: str, *, idempotency_key: str | None = None
+    ) -> ReleaseResult:
+        operation = self.engine.release_operation(tenant_id, reservation_id, idempotency_key=idempotency_key)
+        return expect_result(await self.submit(operation), ReleaseResult)
+
+    async def extend(
+        self, tenant_id: str, reservation_id: str, lease_seconds: int = LEASE_SECONDS_DEFAULT
+    ) -> ExtendResult:
+        return expect_result(
+            await self.submit(self.engine.extend_operation(tenant_id, reservation_id, lease_seconds)), ExtendResult
+        )
