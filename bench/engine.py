@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from remit.batching import AsyncBatcher
-from remit.bootstrap import open_store
+from remit.bootstrap import open_store, tune_gc_for_service
 from remit.engine import ActionInput, Engine
 from remit.store.base import Store
 
@@ -119,6 +119,7 @@ def one_run(kind: str, pairs: int) -> dict[str, float]:
             engine = Engine(store)
             engine.create_tenant("bench")
             engine.apply_config("bench", bench_config(AGENTS))
+            tune_gc_for_service()  # as `remit serve` does
             # Warm-up: config cache, prepared statements, counters rows.
             asyncio.run(_run_fleet(engine, AGENTS, 1))
             rate, latencies_s, batch_mean = asyncio.run(_run_fleet(engine, AGENTS, max(1, pairs // AGENTS)))

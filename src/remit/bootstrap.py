@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from remit.engine import Clock, Engine, system_clock
@@ -31,6 +32,22 @@ def open_store(database_url: str = DEFAULT_DATABASE_URL, *, migrate: bool = True
     if migrate:
         store.migrate()
     return store
+
+
+GC_THRESHOLDS = (50_000, 50, 100)
+"""Generation thresholds for a long-running engine process (CPython's default is 700, 10, 10).
+
+A batch allocates tens of thousands of short-lived objects; with the default thresholds the
+cyclic collector runs dozens of times per batch and scans every long-lived object each time
+it reaches the oldest generation (measured: a third of a 1,000-request batch's time).
+"""
+
+
+def tune_gc_for_service() -> None:
+    """Freeze what start-up allocated and collect less often; for servers and benchmarks only."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def open_engine(database_url: str = DEFAULT_DATABASE_URL, *, clock: Clock = system_clock) -> Engine:

@@ -36,7 +36,6 @@ from remit.domain.decisions import (
 )
 from remit.domain.evaluation import (
     Consulted,
-    check_counter,
     evaluate_authorize,
     measure,
     post_usage,
@@ -199,6 +198,9 @@ class Engine:
         self.batch_size_max = batch_size_max
         self._configs: dict[str, TenantConfig] = {}
         self._bounds = BoundsCache()
+        self._states: dict[str, _TenantState] = {}
+        self._execute_lock = threading.Lock()
+        """One batch at a time per engine: the in-memory tenant state has a single writer."""
         self._queue: list[_Waiter] = []
         self._queue_lock = threading.Lock()
         self._is_leading = False
@@ -527,26 +529,50 @@ class Engine:
         return name == "OperationalError" and "locked" in str(error)
 
     def _execute_once(self, operations: Sequence[Operation]) -> list[Result | RemitError | BaseException]:
-        now_us = self.clock()
-        results: list[Result | RemitError | BaseException] = [None] * len(operations)
         by_tenant: dict[str, list[int]] = {}
         for index, operation in enumerate(operations):
             by_tenant.setdefault(operation.tenant_id, []).append(index)
+        with self._execute_lock:
+            try:
+                results = self._execute_locked(operations, by_tenant)
+            except BaseException:
+                # Counters and holds were changed in memory for a transaction that did not commit.
+                for tenant_id in by_tenant:
+                    self._states.pop(tenant_id, None)
+                raise
+        self.batches_executed += 1
+        self.batch_sizes_total += len(operations)
+        return results
+
+    def _execute_locked(
+        self, operations: Sequence[Operation], by_tenant: dict[str, list[int]]
+    ) -> list[Result | RemitError | BaseException]:
+        now_us = self.clock()
+        results: list[Result | RemitError | BaseException] = [None] * len(operations)
+        done: list[tuple[_TenantBatch, int]] = []
         with self.store.transaction() as tx:
-            versions = tx.tenant_versions(sorted(by_tenant))
+            locked = tx.lock_tenants(list(by_tenant))
             for tenant_id in sorted(by_tenant):
                 indexes = by_tenant[tenant_id]
-                if tenant_id not in versions:
+                if tenant_id not in locked:
                     for index in indexes:
                         results[index] = NotFound(f"tenant {tenant_id!r} does not exist")
                     continue
+                config_version, write_seq = locked[tenant_id]
                 tenant = self._configs.get(tenant_id)
-                if tenant is None or tenant.version != versions[tenant_id]:
+                if tenant is None or tenant.version != config_version:
                     tenant = self._load_tenant(tx, tenant_id)
-                _TenantBatch(self, tx, tenant, now_us).run([(i, operations[i]) for i in indexes], results)
+                state = self._states.get(tenant_id)
+                if state is None or state.write_seq != write_seq:
+                    state = _TenantState(write_seq)  # someone else wrote: forget what we knew
+                    self._states[tenant_id] = state
+                batch = _TenantBatch(self, tx, tenant, state, now_us)
+                batch.run([(i, operations[i]) for i in indexes], results)
+                tx.set_write_seq(tenant_id, write_seq + 1)
+                done.append((batch, write_seq + 1))
             tx.commit()
-        self.batches_executed += 1
-        self.batch_sizes_total += len(operations)
+        for batch, write_seq in done:
+            batch.settle(write_seq)
         return results
 
     # == ledger check ===========================================================================
@@ -600,11 +626,10 @@ class Engine:
                     report_.mismatches.append(
                         f"{key}: {len(stored)} entities stored, {len(posted)} posted, used {counter.used}"
                     )
-            if budget is not None:
-                try:
-                    check_counter(budget, counter, now_us)
-                except InvariantViolation as violation:
-                    report_.mismatches.append(violation.message)
+            if counter.held < 0:
+                report_.mismatches.append(f"{key}: held is negative ({counter.held})")
+            # used + held <= limit is checked when each hold is placed, against the limit then in
+            # force; a limit lowered later may legitimately sit below what was already used.
         return report_
 
     def new_reservation_id(self) -> str:
@@ -620,13 +645,35 @@ class Engine:
         return self.batch_sizes_total / self.batches_executed if self.batches_executed else 0.0
 
 
+HOLDS_CACHED_MAX = 200_000
+"""Most live holds an engine remembers per tenant; past it, they are read back from the store."""
+COUNTERS_CACHED_MAX = 200_000
+
+
+@dataclass(slots=True)
+class _TenantState:
+    """What this process knows of a tenant's counters and live holds.
+
+    Exact while the tenant's `write_seq` in the store equals `write_seq` here: every writer
+    moves the sequence on under the tenant's row lock, so an equal sequence means nobody else
+    wrote since this process did, and the batch need not read what it already has.
+    """
+
+    write_seq: int
+    counters: dict[CounterKey, Counter] = field(default_factory=dict)
+    holds: dict[str, Reservation] = field(default_factory=dict)
+
+
 class _TenantBatch:
     """One tenant's share of a batch: lock, decide in order, write once."""
 
-    def __init__(self, engine: Engine, tx: Transaction, tenant: TenantConfig, now_us: int) -> None:
+    def __init__(
+        self, engine: Engine, tx: Transaction, tenant: TenantConfig, state: _TenantState, now_us: int
+    ) -> None:
         self.engine = engine
         self.tx = tx
         self.tenant = tenant
+        self.state = state
         self.now_us = now_us
         self.counters: dict[CounterKey, Counter] = {}
         self.reservations: dict[str, Reservation] = {}
@@ -642,7 +689,7 @@ class _TenantBatch:
         keys = [op.idempotency_key for op in acts if op.idempotency_key]
         for key, (fingerprint, response) in self.tx.claim_idempotency(tenant_id, keys, self.now_us).items():
             self.answered_keys[key] = (fingerprint, orjson.loads(response))
-        self.reservations = self.tx.lock_reservations(tenant_id, [op.reservation_id for op in resolves])
+        self._lock_reservations(resolves)
         self._lock_counters(acts)
         for index, operation in items:
             try:
@@ -654,10 +701,35 @@ class _TenantBatch:
                 if isinstance(error, InvariantViolation):
                     raise
                 results[index] = error
-        self.write.counters = list(self.counters.values())
+        self.write.counters = [counter for counter in self.counters.values() if counter.is_dirty]
         self.tx.write(tenant_id, self.write)
 
+    def settle(self, write_seq: int) -> None:
+        """After the commit: remember live holds and counters as written, then the new sequence."""
+        state = self.state
+        for reservation in self.write.new_reservations + self.write.changed_reservations:
+            if reservation.status is Status.HELD:
+                state.holds[reservation.id] = reservation
+            else:
+                state.holds.pop(reservation.id, None)
+        for counter in self.write.counters:
+            counter.is_dirty = False
+            counter.has_advanced = False
+        if len(state.holds) > HOLDS_CACHED_MAX:
+            state.holds.clear()
+        if len(state.counters) > COUNTERS_CACHED_MAX:
+            state.counters.clear()
+        state.write_seq = write_seq
+
     # -- locking -------------------------------------------------------------------------------
+    def _lock_reservations(self, resolves: list[_Resolve]) -> None:
+        held = self.state.holds
+        ids = {op.reservation_id for op in resolves}
+        self.reservations = {rid: held[rid] for rid in ids if rid in held}
+        missing = [rid for rid in ids if rid not in held]
+        if missing:
+            self.reservations.update(self.tx.lock_reservations(self.tenant.tenant_id, missing))
+
     def _consulted_budgets(self, act: _Act) -> list[tuple[Budget, str]]:
         if act.consulted is not None:
             return act.consulted
@@ -684,27 +756,29 @@ class _TenantBatch:
         if not keys:
             return
         tenant_id = self.tenant.tenant_id
-        self.counters = self.tx.lock_counters(tenant_id, keys)
-        rolling = []
-        for key, counter in self.counters.items():
-            budget = self.tenant.budget(key[0])
-            if budget is None:
-                continue
-            counter.advance(budget, self.now_us, self.tenant.timezone, self.engine._bounds)
-            if budget.window.kind is WindowKind.ROLLING:
-                rolling.append(counter)
+        cached = self.state.counters
+        missing = [key for key in keys if key not in cached]
+        loaded = self.tx.lock_counters(tenant_id, missing) if missing else {}
+        rolling = [c for key, c in loaded.items() if (b := self.tenant.budget(key[0])) and b.window.is_rolling]
         if rolling:
             self.tx.load_buckets(tenant_id, rolling)
+        cached.update(loaded)
+        self.counters = {key: cached[key] for key in keys}
+        for key, counter in self.counters.items():
+            budget = self.tenant.budget(key[0])
+            if budget is not None:
+                counter.advance(budget, self.now_us, self.tenant.timezone, self.engine._bounds)
         wanted: list[tuple[Counter, str]] = []
         for act in acts:
             for budget, instance in self._consulted_budgets(act):
                 if budget.meter.is_distinct:
                     counter = self.counters[(budget.id, instance)]
-                    wanted.extend((counter, entity) for entity in act.touches.get(budget.meter.name, ()))
+                    counted = counter.counted_entities
+                    wanted.extend((counter, e) for e in act.touches.get(budget.meter.name, ()) if e not in counted)
         for reservation in self.reservations.values():
             for part in reservation.parts:
                 counter = self.counters[(part.budget_id, part.instance)]
-                wanted.extend((counter, entity) for entity in part.entities)
+                wanted.extend((counter, e) for e in part.entities if e not in counter.counted_entities)
         self.tx.load_counted(tenant_id, wanted)
 
     # -- authorize and post-hoc usage ----------------------------------------------------------

@@ -89,8 +89,18 @@ class Transaction(abc.ABC):
     def create_tenant(self, tenant_id: str, name: str, timezone: str, now_us: int) -> None:
         self._execute("insert_tenant", (tenant_id, name, timezone, now_us))
 
-    def tenant_versions(self, tenant_ids: Sequence[str]) -> dict[str, int]:
-        return {row[0]: row[1] for row in self._execute("tenant_versions", (self._list(tenant_ids),))}
+    def lock_tenants(self, tenant_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Lock the tenants' rows (in id order); returns {tenant: (config_version, write_seq)}.
+
+        Every transaction that changes a tenant's counters or holds takes this lock first and
+        moves `write_seq` on, so a process that sees the sequence it last wrote knows that
+        nothing of the tenant changed since.
+        """
+        rows = self._execute("lock_tenants", (self._list(sorted(tenant_ids)),))
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def set_write_seq(self, tenant_id: str, write_seq: int) -> None:
+        self._execute("bump_write_seq", (write_seq, tenant_id))
 
     def load_tenant(self, tenant_id: str) -> TenantRow | None:
         rows = self._execute("load_tenant", (tenant_id,))

@@ -43,7 +43,9 @@ class PostgresTransaction(Transaction):
         return cursor.fetchall() if cursor.description is not None else []
 
     def _execute_many(self, name: str, rows: Sequence[Sequence[Any]]) -> None:
-        self._cursor.executemany(self._sql[name], rows)
+        """One set-based statement for all rows: each column goes as one array (see postgres.sql)."""
+        if rows:
+            self._cursor.execute(self._sql[name], [list(column) for column in zip(*rows, strict=True)])
 
     def commit(self) -> None:
         self.connection.commit()

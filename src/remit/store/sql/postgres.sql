@@ -1,8 +1,14 @@
 -- Named statements for the PostgreSQL store. Every name here is also defined in sqlite.sql.
 -- Lists arrive as arrays; rows are locked in key order so two batches cannot deadlock.
+-- Writes take one array per column (unnest): one statement per table per batch.
 
--- name: tenant_versions
-SELECT tenant_id, config_version FROM tenants WHERE tenant_id = ANY(%s);
+-- name: lock_tenants
+-- The tenant row is every batch's first lock: it orders all writers of one tenant.
+SELECT tenant_id, config_version, write_seq FROM tenants
+WHERE tenant_id = ANY(%s) ORDER BY tenant_id FOR UPDATE;
+
+-- name: bump_write_seq
+UPDATE tenants SET write_seq = %s WHERE tenant_id = %s;
 
 -- name: load_tenant
 SELECT tenant_id, timezone, config_version, config FROM tenants WHERE tenant_id = %s;
@@ -22,18 +28,21 @@ SELECT tenant_id FROM tenants ORDER BY tenant_id;
 -- Keys arrive as parallel arrays; the join walks the primary key.
 SELECT c.budget_id, c.instance, c.window_start, c.used, c.held, c.overrun
 FROM counters AS c
-JOIN unnest(%(budgets)s::text[], %(instances)s::text[]) AS k(budget_id, instance)
+JOIN unnest(%(budgets)b::text[], %(instances)b::text[]) AS k(budget_id, instance)
   ON c.budget_id = k.budget_id AND c.instance = k.instance
 WHERE c.tenant_id = %(tenant)s
 ORDER BY c.budget_id, c.instance FOR UPDATE OF c;
 
 -- name: ensure_counter
 INSERT INTO counters (tenant_id, budget_id, instance, window_start, used, held, overrun)
-VALUES (%s, %s, %s, 0, 0, 0, 0) ON CONFLICT DO NOTHING;
+SELECT t, b, i, 0, 0, 0, 0 FROM unnest(%b::text[], %b::text[], %b::text[]) AS u(t, b, i)
+ORDER BY b, i ON CONFLICT DO NOTHING;
 
 -- name: update_counter
-UPDATE counters SET window_start = %s, used = %s, held = %s, overrun = %s
-WHERE tenant_id = %s AND budget_id = %s AND instance = %s;
+UPDATE counters AS c SET window_start = u.w, used = u.used, held = u.held, overrun = u.overrun
+FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[])
+     AS u(w, used, held, overrun, t, b, i)
+WHERE c.tenant_id = u.t AND c.budget_id = u.b AND c.instance = u.i;
 
 -- name: all_counters
 SELECT budget_id, instance, window_start, used, held, overrun FROM counters
@@ -42,17 +51,18 @@ WHERE tenant_id = %s ORDER BY budget_id, instance;
 -- name: load_buckets
 SELECT b.budget_id, b.instance, b.bucket_start, b.used, b.overrun
 FROM rolling_buckets AS b
-JOIN unnest(%(budgets)s::text[], %(instances)s::text[]) AS k(budget_id, instance)
+JOIN unnest(%(budgets)b::text[], %(instances)b::text[]) AS k(budget_id, instance)
   ON b.budget_id = k.budget_id AND b.instance = k.instance
 WHERE b.tenant_id = %(tenant)s;
 
 -- name: upsert_bucket
 INSERT INTO rolling_buckets (tenant_id, budget_id, instance, bucket_start, used, overrun)
-VALUES (%s, %s, %s, %s, %s, %s)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[])
 ON CONFLICT (tenant_id, budget_id, instance, bucket_start) DO UPDATE SET used = excluded.used, overrun = excluded.overrun;
 
 -- name: prune_buckets
-DELETE FROM rolling_buckets WHERE tenant_id = %s AND budget_id = %s AND instance = %s AND bucket_start < %s;
+DELETE FROM rolling_buckets AS r USING unnest(%b::text[], %b::text[], %b::text[], %b::bigint[]) AS u(t, b, i, floor)
+WHERE r.tenant_id = u.t AND r.budget_id = u.b AND r.instance = u.i AND r.bucket_start < u.floor;
 
 -- name: all_buckets
 SELECT budget_id, instance, bucket_start, used, overrun FROM rolling_buckets WHERE tenant_id = %s;
@@ -60,7 +70,7 @@ SELECT budget_id, instance, bucket_start, used, overrun FROM rolling_buckets WHE
 -- name: load_counted
 SELECT e.budget_id, e.instance, e.entity
 FROM counted_entities AS e
-JOIN unnest(%(budgets)s::text[], %(instances)s::text[], %(windows)s::bigint[], %(entities)s::text[])
+JOIN unnest(%(budgets)b::text[], %(instances)b::text[], %(windows)b::bigint[], %(entities)b::text[])
      AS k(budget_id, instance, window_start, entity)
   ON e.budget_id = k.budget_id AND e.instance = k.instance AND e.window_start = k.window_start
  AND e.entity = k.entity
@@ -68,10 +78,12 @@ WHERE e.tenant_id = %(tenant)s;
 
 -- name: insert_counted
 INSERT INTO counted_entities (tenant_id, budget_id, instance, window_start, entity)
-VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING;
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[])
+ON CONFLICT DO NOTHING;
 
 -- name: prune_counted
-DELETE FROM counted_entities WHERE tenant_id = %s AND budget_id = %s AND instance = %s AND window_start < %s;
+DELETE FROM counted_entities AS e USING unnest(%b::text[], %b::text[], %b::text[], %b::bigint[]) AS u(t, b, i, w)
+WHERE e.tenant_id = u.t AND e.budget_id = u.b AND e.instance = u.i AND e.window_start < u.w;
 
 -- name: all_counted
 SELECT budget_id, instance, window_start, entity FROM counted_entities WHERE tenant_id = %s;
@@ -92,12 +104,16 @@ SELECT reservation_id, parts FROM reservations WHERE tenant_id = %s AND status =
 -- name: insert_reservation
 INSERT INTO reservations (tenant_id, reservation_id, status, agent, action, task, amounts, parts,
                           lease_expires_at_us, created_at_us, resolved_at_us, result, resolve_key, was_expired)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s);
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                     %b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::boolean[]);
 
 -- name: update_reservation
-UPDATE reservations SET status = %s, lease_expires_at_us = %s, resolved_at_us = %s, result = %s, resolve_key = %s,
-                        was_expired = %s
-WHERE tenant_id = %s AND reservation_id = %s;
+UPDATE reservations AS r
+SET status = u.status, lease_expires_at_us = u.lease, resolved_at_us = u.resolved, result = u.result,
+    resolve_key = u.resolve_key, was_expired = u.was_expired
+FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::boolean[], %b::text[], %b::text[])
+     AS u(status, lease, resolved, result, resolve_key, was_expired, t, rid)
+WHERE r.tenant_id = u.t AND r.reservation_id = u.rid;
 
 -- name: claim_new_idempotency
 -- A second transaction claiming the same key waits here for the first to finish, then sees it.
@@ -111,12 +127,16 @@ WHERE tenant_id = %s AND idempotency_key = ANY(%s) ;
 
 -- name: insert_idempotency
 INSERT INTO idempotency (tenant_id, idempotency_key, fingerprint, response, created_at_us)
-VALUES (%s, %s, %s, %s, %s)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[])
 ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET fingerprint = excluded.fingerprint, response = excluded.response;
 
 -- name: insert_entry
+-- Entry ids follow the batch's order (WITH ORDINALITY), so the ledger reads in decision order.
 INSERT INTO ledger (tenant_id, at_us, kind, reservation_id, agent, action, postings, detail)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s);
+SELECT t, at_us, kind, rid, agent, action, postings, detail
+FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
+     WITH ORDINALITY AS u(t, at_us, kind, rid, agent, action, postings, detail, position)
+ORDER BY position;
 
 -- name: ledger_page
 SELECT entry_id, at_us, kind, reservation_id, agent, action, postings, detail FROM ledger

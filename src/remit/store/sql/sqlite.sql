@@ -1,8 +1,13 @@
 -- Named statements for the SQLite store. Every name here is also defined in postgres.sql
 -- (tests/unit/test_sql_names.py checks it). Lists arrive as one JSON array parameter.
 
--- name: tenant_versions
-SELECT tenant_id, config_version FROM tenants WHERE tenant_id IN (SELECT value FROM json_each(?));
+-- name: lock_tenants
+-- The tenant row is every batch's first lock: it orders all writers of one tenant.
+SELECT tenant_id, config_version, write_seq FROM tenants
+WHERE tenant_id IN (SELECT value FROM json_each(?)) ORDER BY tenant_id;
+
+-- name: bump_write_seq
+UPDATE tenants SET write_seq = ? WHERE tenant_id = ?;
 
 -- name: load_tenant
 SELECT tenant_id, timezone, config_version, config FROM tenants WHERE tenant_id = ?;

@@ -15,6 +15,7 @@ _COMMON = [
         timezone TEXT NOT NULL,
         config_version BIGINT NOT NULL,
         config TEXT NOT NULL,
+        write_seq BIGINT NOT NULL DEFAULT 0,
         created_at_us BIGINT NOT NULL)""",
     """CREATE TABLE counters (
         tenant_id TEXT NOT NULL,
