@@ -30,7 +30,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-error_console = Console(stderr=True)
 
 DatabaseUrl = Annotated[
     str,
@@ -40,7 +39,8 @@ Tenant = Annotated[str, typer.Option("--tenant", envvar="REMIT_TENANT", help="Te
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    error_console.print(f"remit: {message}", highlight=False, markup=False)
+    # Plain print, not rich: an error stays on one line whatever the terminal width.
+    print(f"remit: {' '.join(message.split())}", file=sys.stderr)
     return typer.Exit(code)
 
 
@@ -181,8 +181,7 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return app(args=argv, standalone_mode=True)
     except RemitError as error:  # pragma: no cover - commands map these themselves
-        error_console.print(f"remit: {error.message}", highlight=False, markup=False)
-        sys.exit(2)
+        raise _fail(error.message) from None
 
 
 if __name__ == "__main__":

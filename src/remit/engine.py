@@ -79,7 +79,7 @@ def system_clock() -> int:
     return time.time_ns() // 1000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActionInput:
     """An action as a caller describes it: amounts as decimal strings in each meter's unit."""
 
@@ -175,6 +175,24 @@ def _lease_us(lease_seconds: object) -> int:
             field="lease_seconds",
         )
     return lease_seconds * US_PER_SECOND
+
+
+def _check_context(context: object) -> dict[str, Any]:
+    if not isinstance(context, Mapping):
+        raise InvalidRequest("context must be an object", code="invalid_field", field="context")
+    if not context:
+        return {}
+    try:
+        size = len(orjson.dumps(context))
+    except (TypeError, orjson.JSONEncodeError):
+        raise InvalidRequest(
+            "context must be JSON (string keys; strings, numbers, lists, objects)",
+            code="invalid_field",
+            field="context",
+        ) from None
+    if size > CONTEXT_BYTES_MAX:
+        raise InvalidRequest(f"context is over {CONTEXT_BYTES_MAX} bytes", code="invalid_field", field="context")
+    return dict(context)
 
 
 def _check_key(key: object) -> str | None:
@@ -365,9 +383,7 @@ class Engine:
                 code="invalid_field",
                 field="priority",
             ) from None
-        context = dict(request.context)
-        if len(dumps(context)) > CONTEXT_BYTES_MAX:
-            raise InvalidRequest(f"context is over {CONTEXT_BYTES_MAX} bytes", code="invalid_field", field="context")
+        context = _check_context(request.context)
         key = _check_key(request.idempotency_key)
         fingerprint = ""
         if key is not None:
@@ -667,9 +683,7 @@ class _TenantState:
 class _TenantBatch:
     """One tenant's share of a batch: lock, decide in order, write once."""
 
-    def __init__(
-        self, engine: Engine, tx: Transaction, tenant: TenantConfig, state: _TenantState, now_us: int
-    ) -> None:
+    def __init__(self, engine: Engine, tx: Transaction, tenant: TenantConfig, state: _TenantState, now_us: int) -> None:
         self.engine = engine
         self.tx = tx
         self.tenant = tenant
