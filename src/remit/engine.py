@@ -45,7 +45,7 @@ from remit.domain.evaluation import (
 from remit.domain.ledger import EntryKind, LedgerEntry, Posting, rebuild_counters
 from remit.domain.reservations import HoldPart, Reservation, Status
 from remit.domain.tenant import Agent, TenantConfig
-from remit.domain.windows import US_PER_SECOND, BoundsCache, WindowKind, rolling_floor
+from remit.domain.windows import US_PER_SECOND, BoundsCache, rolling_floor
 from remit.errors import Conflict, InvalidRequest, InvariantViolation, NotFound, Overloaded, RemitError
 from remit.limits import (
     BATCH_SIZE_MAX,
@@ -465,9 +465,12 @@ class Engine:
                 raise InvalidRequest(
                     f"{where}: {name!r} is a sum meter; give it in amounts", code="invalid_field", field=where
                 )
-            if isinstance(entities, str) or not isinstance(entities, Sequence):
+            if not isinstance(entities, (list, tuple)):
                 raise InvalidRequest(f"{where} must be a list of entity ids", code="invalid_field", field=where)
-            unique = tuple(dict.fromkeys(_check_name(entity, where) for entity in entities))
+            for entity in entities:
+                if type(entity) is not str or not entity or len(entity) > NAME_LENGTH_MAX:
+                    _check_name(entity, where)
+            unique = tuple(dict.fromkeys(entities))
             count += len(unique)
             parsed[name] = unique
         if count > TOUCHES_PER_REQUEST_MAX:
@@ -619,7 +622,7 @@ class Engine:
             if held_live.get(key, 0) != counter.held:
                 report_.mismatches.append(f"{key}: held {counter.held} but live holds sum to {held_live.get(key, 0)}")
             windows = derived.windows if derived else {}
-            if budget is not None and budget.window.kind is WindowKind.ROLLING:
+            if budget is not None and budget.is_rolling:
                 floor = rolling_floor(budget.window, now_us)
                 for start in sorted(set(counter.buckets) | set(windows)):
                     if start < floor:
@@ -773,7 +776,7 @@ class _TenantBatch:
         cached = self.state.counters
         missing = [key for key in keys if key not in cached]
         loaded = self.tx.lock_counters(tenant_id, missing) if missing else {}
-        rolling = [c for key, c in loaded.items() if (b := self.tenant.budget(key[0])) and b.window.is_rolling]
+        rolling = [c for key, c in loaded.items() if (b := self.tenant.budget(key[0])) and b.is_rolling]
         if rolling:
             self.tx.load_buckets(tenant_id, rolling)
         cached.update(loaded)
@@ -810,13 +813,9 @@ class _TenantBatch:
         ]
         for item in consulted:
             measure(item, act.amounts, act.touches)
-        if act.is_usage:
-            result: Decision | UsageResult = self._usage(act, consulted)
-            record = _usage_to_record(result)
-        else:
-            result = self._hold(act, consulted)
-            record = decision_to_record(result)
+        result: Decision | UsageResult = self._usage(act, consulted) if act.is_usage else self._hold(act, consulted)
         if key is not None:
+            record = _usage_to_record(result) if act.is_usage else decision_to_record(expect_result(result, Decision))
             self.answered_keys[key] = (act.fingerprint, record)
             self.write.idempotency.append((key, act.fingerprint, dumps(record)))
         return result
@@ -938,25 +937,7 @@ class _TenantBatch:
 
     def _commit(self, reservation: Reservation, op: _Resolve) -> CommitResult:
         actuals = self._check_actuals(reservation, op)
-        postings: list[Posting] = []
-        overrun: dict[str, int] = {}
-        committed: dict[str, int] = {}
-        for part in reservation.parts:
-            counter = self.counters[(part.budget_id, part.instance)]
-            budget = self.tenant.budget(part.budget_id)
-            release_posting = self._release_part(budget, counter, part)
-            if budget is None:
-                postings.append(release_posting)
-                continue  # the budget was removed from the config: its hold is released, nothing counted
-            meter = budget.meter.name
-            posting = post_usage(budget, counter, self.now_us, actuals.get(meter, 0), part.entities)
-            posting.held = release_posting.held  # one posting per budget: the hold goes, the usage comes
-            postings.append(posting)
-            committed[meter] = (
-                max(committed.get(meter, 0), posting.used) if budget.meter.is_distinct else actuals[meter]
-            )
-            if posting.overrun:
-                overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
+        postings, committed, overrun = self._post_actuals(reservation, actuals, is_releasing=True)
         released = {meter: max(0, held - actuals[meter]) for meter, held in reservation.amounts.items()}
         result = CommitResult(reservation.id, "committed", committed, released, overrun)
         self._finish(reservation, Status.COMMITTED, op, result.to_record())
@@ -969,20 +950,7 @@ class _TenantBatch:
     def _commit_late(self, reservation: Reservation, op: _Resolve) -> CommitResult:
         """The hold expired but the work happened: count it now, as usage that was never held."""
         actuals = self._check_actuals(reservation, op)
-        postings = []
-        overrun: dict[str, int] = {}
-        committed: dict[str, int] = {}
-        for part in reservation.parts:
-            budget = self.tenant.budget(part.budget_id)
-            if budget is None:
-                continue
-            counter = self.counters[(part.budget_id, part.instance)]
-            meter = budget.meter.name
-            posting = post_usage(budget, counter, self.now_us, actuals.get(meter, 0), part.entities)
-            postings.append(posting)
-            committed[meter] = posting.used if budget.meter.is_distinct else actuals[meter]
-            if posting.overrun:
-                overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
+        postings, committed, overrun = self._post_actuals(reservation, actuals, is_releasing=False)
         result = CommitResult(reservation.id, "committed", committed, {}, overrun, is_late=True)
         self._finish(reservation, Status.COMMITTED, op, result.to_record())
         reservation.was_expired = True
@@ -991,6 +959,38 @@ class _TenantBatch:
             detail["overrun"] = overrun
         self._entry(EntryKind.LATE_COMMIT, reservation, postings, detail)
         return result
+
+    def _post_actuals(
+        self, reservation: Reservation, actuals: dict[str, int], *, is_releasing: bool
+    ) -> tuple[list[Posting], dict[str, int], dict[str, int]]:
+        """Count a commit's actuals on each budget it held on; release the holds first if still live.
+
+        Returns the postings (one per budget), what was committed per meter and the overrun per
+        meter (the largest over that meter's budgets).
+        """
+        postings: list[Posting] = []
+        committed: dict[str, int] = {}
+        overrun: dict[str, int] = {}
+        for part in reservation.parts:
+            counter = self.counters[(part.budget_id, part.instance)]
+            budget = self.tenant.budget(part.budget_id)
+            released = self._release_part(budget, counter, part) if is_releasing else None
+            if budget is None:
+                if released is not None:
+                    postings.append(released)
+                continue  # the budget was removed from the config: its hold is released, nothing counted
+            meter = budget.meter.name
+            posting = post_usage(budget, counter, self.now_us, actuals.get(meter, 0), part.entities)
+            if released is not None:
+                posting.held = released.held  # one posting per budget: the hold goes, the usage comes
+            postings.append(posting)
+            if budget.meter.is_distinct:
+                committed[meter] = max(committed.get(meter, 0), posting.used)
+            else:
+                committed[meter] = actuals[meter]
+            if posting.overrun:
+                overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
+        return postings, committed, overrun
 
     def _release(self, reservation: Reservation, op: _Resolve) -> ReleaseResult:
         postings = [

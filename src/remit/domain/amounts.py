@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import decimal
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from remit.errors import InvalidRequest
 from remit.limits import AMOUNT_BASE_UNITS_MAX, AMOUNT_TEXT_LENGTH_MAX
@@ -27,10 +27,11 @@ class Meter:
     kind: MeterKind
     scale: int = 0
     """Decimal places of the unit; the base unit is 10**-scale of it."""
+    is_distinct: bool = field(init=False, repr=False, compare=False)
+    """A plain attribute, not a property: it is read several times per decision."""
 
-    @property
-    def is_distinct(self) -> bool:
-        return self.kind is MeterKind.DISTINCT
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_distinct", self.kind is MeterKind.DISTINCT)
 
 
 _CONTEXT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Overflow])

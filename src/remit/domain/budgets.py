@@ -31,6 +31,13 @@ class Budget:
     mode: Mode = Mode.ENFORCE
     is_per_task: bool = False
     """One counter per task under `scope` (instance = task id) instead of one for the scope."""
+    is_rolling: bool = field(init=False, repr=False, compare=False)
+    """Plain attributes, not properties: read several times per decision."""
+    is_total: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_rolling", self.window.kind is WindowKind.ROLLING)
+        object.__setattr__(self, "is_total", self.window.kind is WindowKind.TOTAL)
 
     @property
     def is_shadow(self) -> bool:
@@ -82,7 +89,7 @@ class Counter:
 
     def advance(self, budget: Budget, now_us: int, tz: ZoneInfo, cache: BoundsCache) -> None:
         """Move a calendar counter into the window containing `now_us`, dropping the old usage."""
-        if budget.window.kind is WindowKind.ROLLING:
+        if budget.is_rolling:
             self.bucket_floor = rolling_floor(budget.window, now_us)
             return
         start, self.window_end = cache.bounds(budget.window, now_us, tz)
@@ -95,25 +102,25 @@ class Counter:
             self.has_advanced = True
 
     def used_now(self, budget: Budget, now_us: int) -> int:
-        if budget.window.kind is WindowKind.ROLLING:
+        if budget.is_rolling:
             return rolling_used(budget.window, self.buckets, now_us)
         return self.used
 
     def overrun_now(self, budget: Budget, now_us: int) -> int:
-        if budget.window.kind is WindowKind.ROLLING:
+        if budget.is_rolling:
             return rolling_used(budget.window, self.overrun_buckets, now_us)
         return self.overrun
 
     def posting_window(self, budget: Budget, now_us: int) -> int:
         """The window (or rolling bucket) a posting made at `now_us` belongs to."""
-        if budget.window.kind is WindowKind.ROLLING:
+        if budget.is_rolling:
             return bucket_start(budget.window, now_us)
         return self.window_start
 
     def post(self, budget: Budget, now_us: int, used_delta: int, overrun_delta: int) -> int:
         """Add usage; returns the window it was posted to."""
         self.is_dirty = True
-        if budget.window.kind is WindowKind.ROLLING:
+        if budget.is_rolling:
             start = bucket_start(budget.window, now_us)
             self.buckets[start] = self.buckets.get(start, 0) + used_delta
             if overrun_delta:

@@ -15,7 +15,7 @@ from remit.domain.budgets import Budget, Counter
 from remit.domain.decisions import BudgetReport, Decision, Outcome, Reason, ReasonCode
 from remit.domain.ledger import Posting
 from remit.domain.reservations import HoldPart
-from remit.domain.windows import US_PER_SECOND, BoundsCache, WindowKind, rolling_release_time
+from remit.domain.windows import US_PER_SECOND, BoundsCache, rolling_release_time
 from remit.errors import InvariantViolation
 
 HOLD_RETRY_SECONDS = 1
@@ -58,9 +58,9 @@ def resets_at(budget: Budget, counter: Counter, now_us: int, tz: ZoneInfo, cache
     if window_end is not None and window_end > now_us:
         return window_end
     window = budget.window
-    if window.kind is WindowKind.TOTAL:
+    if budget.is_total:
         return None
-    if window.kind is WindowKind.ROLLING:
+    if budget.is_rolling:
         width = window.bucket_seconds * US_PER_SECOND
         floor = now_us - now_us % width - (window.bucket_count - 1) * width
         live = [start for start, amount in counter.buckets.items() if start >= floor and amount]
@@ -91,7 +91,6 @@ def _denial(consulted: Consulted, now_us: int, tz: ZoneInfo, cache: BoundsCache)
     """Why this budget refuses the request and when a retry could succeed; None if it fits."""
     budget, counter = consulted.budget, consulted.counter
     scale, unit = budget.meter.scale, budget.meter.name
-    limit_text = format_amount(budget.limit, scale)
     if budget.per_action_max is not None and consulted.touched_count > budget.per_action_max:
         message = (
             f"{budget.id}: {format_amount(consulted.touched_count, scale)} {unit} is over the per-action "
@@ -100,6 +99,7 @@ def _denial(consulted: Consulted, now_us: int, tz: ZoneInfo, cache: BoundsCache)
         return Reason(ReasonCode.PER_ACTION_MAX_EXCEEDED, budget.id, message), None
     if consulted.requested > budget.limit:
         requested_text = format_amount(consulted.requested, scale)
+        limit_text = format_amount(budget.limit, scale)
         message = f"{budget.id}: {requested_text} {unit} is more than the whole limit of {limit_text}"
         return Reason(ReasonCode.EXCEEDS_LIMIT, budget.id, message), None
     used = counter.used_now(budget, now_us)
@@ -109,13 +109,14 @@ def _denial(consulted: Consulted, now_us: int, tz: ZoneInfo, cache: BoundsCache)
     retry_us: int | None
     if used + consulted.requested <= budget.limit:
         retry_us = HOLD_RETRY_SECONDS * US_PER_SECOND
-    elif budget.window.kind is WindowKind.ROLLING:
+    elif budget.is_rolling:
         excess = used + counter.held + consulted.requested - budget.limit
         moment = rolling_release_time(budget.window, counter.buckets, now_us, excess)
         retry_us = None if moment is None else moment - now_us
     else:
         end = resets_at(budget, counter, now_us, tz, cache)
         retry_us = None if end is None else end - now_us
+    limit_text = format_amount(budget.limit, scale)
     message = (
         f"{budget.id}: requested {format_amount(consulted.requested, scale)} {unit}, "
         f"{format_amount(max(0, headroom), scale)} of {limit_text} left ({budget.window})"
