@@ -241,9 +241,12 @@ class Engine:
         for _ in range(BATCH_ATTEMPTS_MAX):
             try:
                 with self.store.transaction() as tx:
-                    if tx.load_tenant(tenant_id) is None:
+                    row = tx.load_tenant(tenant_id)
+                    if row is None:
                         raise NotFound(f"tenant {tenant_id!r} does not exist")
                     canonical = dumps(parsed.document)
+                    if row.config == canonical and row.timezone == parsed.timezone:
+                        return self._load_tenant(tx, tenant_id)  # unchanged: nothing to apply or record
                     version = tx.save_config(tenant_id, parsed.timezone, canonical)
                     tenant = config_io.build_tenant(tenant_id, parsed.document, version)
                     tx.lock_counters(tenant_id, [(b.id, "") for b in tenant.budgets if not b.is_per_task])
@@ -695,6 +698,8 @@ class _TenantBatch:
         self.counters: dict[CounterKey, Counter] = {}
         self.reservations: dict[str, Reservation] = {}
         self.answered_keys: dict[str, tuple[str, Any]] = {}
+        self.due_ids: list[str] = []
+        self.expired_ids: set[str] = set()
         self.touched_reservations: set[str] = set()
         """Ids already queued for writing (new or changed), so each is written once."""
         self.write = BatchWrite()
@@ -708,6 +713,10 @@ class _TenantBatch:
             self.answered_keys[key] = (fingerprint, orjson.loads(response))
         self._lock_reservations(resolves)
         self._lock_counters(acts)
+        for rid in self.due_ids:
+            reservation = self.reservations.get(rid)
+            if reservation is not None and reservation.is_overdue(self.now_us):
+                self._expire(reservation)
         for index, operation in items:
             try:
                 if isinstance(operation, _Act):
@@ -742,6 +751,10 @@ class _TenantBatch:
     def _lock_reservations(self, resolves: list[_Resolve]) -> None:
         held = self.state.holds
         ids = {op.reservation_id for op in resolves}
+        # Holds whose lease ran out are expired by the first batch that finds them, so an
+        # abandoned hold stops blocking room at its deadline, not at the next sweep.
+        self.due_ids = self.tx.due_reservation_ids(self.tenant.tenant_id, self.now_us, EXPIRY_BATCH_SIZE_MAX)
+        ids.update(self.due_ids)
         self.reservations = {rid: held[rid] for rid in ids if rid in held}
         missing = [rid for rid in ids if rid not in held]
         if missing:
@@ -886,10 +899,8 @@ class _TenantBatch:
             raise NotFound(f"reservation {op.reservation_id!r} does not exist")
         if reservation.is_overdue(self.now_us):
             self._expire(reservation)
-            if op.kind == "expire":
-                return ReleaseResult(reservation.id, "expired", {})
         if op.kind == "expire":
-            return None
+            return ReleaseResult(reservation.id, "expired", {}) if reservation.id in self.expired_ids else None
         if reservation.status is Status.HELD:
             if op.kind == "commit":
                 return self._commit(reservation, op)
@@ -904,10 +915,14 @@ class _TenantBatch:
     def _resolved_already(self, reservation: Reservation, op: _Resolve) -> Result:
         record = reservation.result or {}
         if op.idempotency_key is not None and op.idempotency_key == reservation.resolve_key:
-            if op.kind == "commit" and record.get("kind") == "commit":
+            if record.get("kind") != op.kind or record.get("request") != _resolve_fingerprint(op):
+                raise Conflict(
+                    f"idempotency key {op.idempotency_key!r} was used for a different request",
+                    code="idempotency_mismatch",
+                )
+            if op.kind == "commit":
                 return CommitResult.from_record(reservation.id, record)
-            if op.kind == "release" and record.get("kind") == "release":
-                return ReleaseResult(reservation.id, "released", record["released"])
+            return ReleaseResult(reservation.id, "released", record["released"])
         if reservation.status is Status.EXPIRED:
             if op.kind == "commit":
                 return self._commit_late(reservation, op)
@@ -1009,6 +1024,7 @@ class _TenantBatch:
         ]
         reservation.status = Status.EXPIRED
         reservation.resolved_at_us = self.now_us
+        self.expired_ids.add(reservation.id)
         self._changed(reservation)
         self._entry(EntryKind.EXPIRE, reservation, postings, {"lease_expires_at_us": reservation.lease_expires_at_us})
 
@@ -1022,6 +1038,8 @@ class _TenantBatch:
     def _finish(self, reservation: Reservation, status: Status, op: _Resolve, record: dict[str, Any]) -> None:
         reservation.status = status
         reservation.resolved_at_us = self.now_us
+        if op.idempotency_key is not None:
+            record["request"] = _resolve_fingerprint(op)
         reservation.result = record
         reservation.resolve_key = op.idempotency_key
         self._changed(reservation)
@@ -1047,6 +1065,12 @@ class _TenantBatch:
                 detail,
             )
         )
+
+
+def _resolve_fingerprint(op: _Resolve) -> str:
+    """What a retried commit or release must repeat exactly to get the first answer back."""
+    amounts = sorted(op.amounts.items()) if op.amounts is not None else None
+    return hashlib.sha256(orjson.dumps([op.kind, amounts, op.outcome])).hexdigest()[:32]
 
 
 def _usage_to_record(result: Decision | UsageResult) -> dict[str, Any]:

@@ -204,6 +204,10 @@ class Transaction(abc.ABC):
         """(tenant, reservation) of holds whose lease has run out, oldest first."""
         return [(row[0], row[1]) for row in self._execute("due_reservations", (now_us, limit))]
 
+    def due_reservation_ids(self, tenant_id: str, now_us: int, limit: int) -> list[str]:
+        """The tenant's holds whose lease has run out, oldest first."""
+        return [row[0] for row in self._execute("due_reservations_of_tenant", (tenant_id, now_us, limit))]
+
     def held_parts(self, tenant_id: str) -> list[tuple[str, list[HoldPart]]]:
         return [
             (rid, [HoldPart.from_row(part) for part in orjson.loads(parts)])

@@ -98,6 +98,10 @@ ORDER BY reservation_id FOR UPDATE;
 SELECT tenant_id, reservation_id FROM reservations
 WHERE status = 'held' AND lease_expires_at_us <= %s ORDER BY lease_expires_at_us LIMIT %s;
 
+-- name: due_reservations_of_tenant
+SELECT reservation_id FROM reservations
+WHERE tenant_id = %s AND status = 'held' AND lease_expires_at_us <= %s ORDER BY lease_expires_at_us LIMIT %s;
+
 -- name: held_reservations
 SELECT reservation_id, parts FROM reservations WHERE tenant_id = %s AND status = 'held';
 

@@ -88,6 +88,10 @@ ORDER BY reservation_id;
 SELECT tenant_id, reservation_id FROM reservations
 WHERE status = 'held' AND lease_expires_at_us <= ? ORDER BY lease_expires_at_us LIMIT ?;
 
+-- name: due_reservations_of_tenant
+SELECT reservation_id FROM reservations
+WHERE status = 'held' AND lease_expires_at_us <= ?2 AND tenant_id = ?1 ORDER BY lease_expires_at_us LIMIT ?3;
+
 -- name: held_reservations
 SELECT reservation_id, parts FROM reservations WHERE tenant_id = ? AND status = 'held';
 
