@@ -34,14 +34,15 @@ class Budget:
     is_rolling: bool = field(init=False, repr=False, compare=False)
     """Plain attributes, not properties: read several times per decision."""
     is_total: bool = field(init=False, repr=False, compare=False)
+    is_shadow: bool = field(init=False, repr=False, compare=False)
+    window_label: str = field(init=False, repr=False, compare=False)
+    """How the window reads in decisions: `hour`, `rolling:1h`."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_rolling", self.window.kind is WindowKind.ROLLING)
         object.__setattr__(self, "is_total", self.window.kind is WindowKind.TOTAL)
-
-    @property
-    def is_shadow(self) -> bool:
-        return self.mode is Mode.SHADOW
+        object.__setattr__(self, "is_shadow", self.mode is Mode.SHADOW)
+        object.__setattr__(self, "window_label", str(self.window))
 
     def selects(self, action: str) -> bool:
         return self.actions == "*" or fnmatch.fnmatchcase(action, self.actions)

@@ -75,7 +75,7 @@ def report(consulted: Consulted, now_us: int, tz: ZoneInfo, cache: BoundsCache) 
         budget=budget.id,
         scope=budget.scope,
         meter=budget.meter.name,
-        window=str(budget.window),
+        window=budget.window_label,
         scale=budget.meter.scale,
         limit=budget.limit,
         used=used,
@@ -119,7 +119,7 @@ def _denial(consulted: Consulted, now_us: int, tz: ZoneInfo, cache: BoundsCache)
     limit_text = format_amount(budget.limit, scale)
     message = (
         f"{budget.id}: requested {format_amount(consulted.requested, scale)} {unit}, "
-        f"{format_amount(max(0, headroom), scale)} of {limit_text} left ({budget.window})"
+        f"{format_amount(max(0, headroom), scale)} of {limit_text} left ({budget.window_label})"
     )
     return Reason(ReasonCode.BUDGET_EXHAUSTED, budget.id, message), retry_us
 
