@@ -39,13 +39,16 @@ def measure(consulted: Consulted, amounts: Mapping[str, int], touches: Mapping[s
     A distinct meter asks one unit per touched entity not yet counted in the window. Two live
     holds on the same uncounted entity each hold a unit (conservative); the second commit finds
     the entity counted and posts nothing for it.
+
+    The hold keeps every touched entity, not only the uncounted ones: a commit counts in the
+    window current at commit time, where an entity counted before the hold may be new again.
     """
     meter = consulted.budget.meter
     if meter.is_distinct:
         touched = touches.get(meter.name, ())
         counted = consulted.counter.counted_entities
-        consulted.entities = tuple(entity for entity in touched if entity not in counted)
-        consulted.requested = len(consulted.entities)
+        consulted.entities = touched
+        consulted.requested = sum(1 for entity in touched if entity not in counted)
         consulted.touched_count = len(touched)
     else:
         consulted.requested = amounts[meter.name]

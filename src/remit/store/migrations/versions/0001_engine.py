@@ -57,8 +57,9 @@ _COMMON = [
         resolve_key TEXT,
         was_expired BOOLEAN NOT NULL,
         PRIMARY KEY (tenant_id, reservation_id))""",
-    # Only live holds are in this index: the expiry sweep reads the oldest leases first.
-    "CREATE INDEX reservations_due ON reservations (lease_expires_at_us) WHERE status = 'held'",
+    # Only live holds are in this index, so it stays as small as the work in flight: a batch
+    # finds its tenant's overdue holds by range, the global sweep scans it whole.
+    "CREATE INDEX reservations_due ON reservations (tenant_id, lease_expires_at_us) WHERE status = 'held'",
     """CREATE TABLE idempotency (
         tenant_id TEXT NOT NULL,
         idempotency_key TEXT NOT NULL,
