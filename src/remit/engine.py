@@ -589,8 +589,8 @@ class Engine:
                     state = _TenantState(write_seq)  # someone else wrote: forget what we knew
                     self._states[tenant_id] = state
                 batch = _TenantBatch(self, tx, tenant, state, now_us)
+                batch.write.write_seq = write_seq + 1
                 batch.run([(i, operations[i]) for i in indexes], results)
-                tx.set_write_seq(tenant_id, write_seq + 1)
                 done.append((batch, write_seq + 1))
             tx.commit()
         for batch, write_seq in done:

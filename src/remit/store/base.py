@@ -50,6 +50,8 @@ class BatchWrite:
     entries: list[LedgerEntry] = field(default_factory=list)
     idempotency: list[tuple[str, str, str]] = field(default_factory=list)
     """(key, fingerprint, response JSON)."""
+    write_seq: int | None = None
+    """The tenant's new write sequence (see `lock_tenants`); None leaves it as it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +265,8 @@ class Transaction(abc.ABC):
 
     # -- writing a batch -------------------------------------------------------------------
     def write(self, tenant_id: str, batch: BatchWrite) -> None:
+        if batch.write_seq is not None:
+            self.set_write_seq(tenant_id, batch.write_seq)
         counters = [counter for counter in batch.counters if counter.is_dirty]
         if counters:
             self._execute_many(

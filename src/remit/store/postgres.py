@@ -14,7 +14,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from remit.store import migrate
-from remit.store.base import Store, Transaction, load_statements
+from remit.store.base import BatchWrite, Store, Transaction, load_statements
 
 POOL_SIZE_MAX = 8
 CONNECT_TIMEOUT_SECONDS = 10
@@ -46,6 +46,11 @@ class PostgresTransaction(Transaction):
         """One set-based statement for all rows: each column goes as one array (see postgres.sql)."""
         if rows:
             self._cursor.execute(self._sql[name], [list(column) for column in zip(*rows, strict=True)])
+
+    def write(self, tenant_id: str, batch: BatchWrite) -> None:
+        # Pipeline mode sends the batch's writes without waiting for each answer: one round trip.
+        with self.connection.pipeline():
+            super().write(tenant_id, batch)
 
     def commit(self) -> None:
         self.connection.commit()
