@@ -115,6 +115,11 @@ def _denial(consulted: Consulted, now_us: int, tz: ZoneInfo, cache: BoundsCache)
     elif budget.is_rolling:
         excess = used + counter.held + consulted.requested - budget.limit
         moment = rolling_release_time(budget.window, counter.buckets, now_us, excess)
+        if moment is None:
+            # More is held than usage can ever leave; the holds resolve by their leases, so the
+            # retry waits only for the usage that must leave whatever they do (never None here).
+            excess = used + consulted.requested - budget.limit
+            moment = rolling_release_time(budget.window, counter.buckets, now_us, excess)
         retry_us = None if moment is None else moment - now_us
     else:
         end = resets_at(budget, counter, now_us, tz, cache)
