@@ -325,11 +325,6 @@ def test_commit_over_headroom_is_counted_as_overrun() -> None:
     assert counter.used - counter.overrun + counter.held <= budget.limit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="post_usage measures headroom as limit - used - held with `used` including earlier overrun, "
-    "so a commit within its own hold is charged the earlier overrun again (overrun 50 for 25 over the limit)",
-)
 def test_a_commit_within_its_hold_is_never_overrun() -> None:
     budget = make_budget("b", 100)
     counter = make_counter(budget, used=50)

@@ -188,7 +188,10 @@ def post_usage(budget: Budget, counter: Counter, now_us: int, amount: int, entit
         counted.update(fresh)
         amount = len(fresh)
         entities = fresh
-    headroom = budget.limit - counter.used_now(budget, now_us) - counter.held
+    # Room is measured against what was authorised (used less earlier overrun), so a commit
+    # within its own hold is never charged an overrun someone else already caused.
+    authorised = counter.used_now(budget, now_us) - counter.overrun_now(budget, now_us)
+    headroom = budget.limit - authorised - counter.held
     overrun = amount - max(0, headroom) if amount > headroom else 0
     window_start = counter.post(budget, now_us, amount, overrun)
     return Posting(budget.id, counter.key[1], window_start, used=amount, overrun=overrun, entities=entities)
