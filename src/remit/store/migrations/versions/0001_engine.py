@@ -113,8 +113,17 @@ _SQLITE_TRIGGERS = [
 ]
 
 
+_POSTGRES_STORAGE = [
+    # Counters are rewritten by every batch and reservations once each: room left on their
+    # pages lets PostgreSQL update in place (HOT) instead of touching the index every time.
+    "ALTER TABLE counters SET (fillfactor = 50)",
+    "ALTER TABLE reservations SET (fillfactor = 80)",
+    "ALTER TABLE tenants SET (fillfactor = 50)",
+]
+
+
 def upgrade() -> None:
     is_sqlite = op.get_bind().dialect.name == "sqlite"
-    statements = _COMMON + (_SQLITE + _SQLITE_TRIGGERS if is_sqlite else _POSTGRES)
+    statements = _COMMON + (_SQLITE + _SQLITE_TRIGGERS if is_sqlite else _POSTGRES + _POSTGRES_STORAGE)
     for statement in statements:
         op.execute(statement)
