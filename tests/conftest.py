@@ -7,10 +7,13 @@ except under CI (CI=true), where that is a failure: `.ci/run` also checks nothin
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psycopg
@@ -18,11 +21,13 @@ import pytest
 
 from remit.bootstrap import open_store
 from remit.config import load_file
+from remit.domain.decisions import Decision, Outcome
 from remit.engine import Engine
 from remit.store.base import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "examples" / "remit.yaml"
+WORKERS_PATH = ROOT / "tests" / "contract" / "workers.py"
 PG_ADMIN_URL = os.environ.get("REMIT_TEST_PG", "postgresql://127.0.0.1:5432/postgres")
 START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 
@@ -121,3 +126,39 @@ def config(**overrides: Any) -> dict[str, Any]:
     }
     document.update(overrides)
     return document
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL other processes can open too; PostgreSQL gets a fresh database (pg_url → require_postgres)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'remit.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def load_workers() -> ModuleType:
+    """tests/contract/workers.py, which child processes also run as a script.
+
+    Loaded by path, so it works whether or not tests/ is a package and whatever pytest's
+    import mode.
+    """
+    spec = importlib.util.spec_from_file_location("remit_contract_workers", WORKERS_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_consistent(engine: Engine, tenant: str = "t1") -> None:
+    """The ledger rebuilds to exactly the live counters."""
+    report = engine.check(tenant)
+    assert report.is_consistent, report.mismatches
+
+
+def allowed(decision: Decision) -> str:
+    """The reservation id of an allowed decision (fails the test on any other outcome)."""
+    assert decision.outcome is Outcome.ALLOW, decision.reasons
+    assert decision.reservation_id is not None
+    return decision.reservation_id

@@ -21,17 +21,16 @@ accounts counted never exceed its limit, and every one of them is counted once.
 from __future__ import annotations
 
 import collections
-import importlib.util
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from conftest import load_workers
 from remit.bootstrap import open_store
 from remit.domain.ledger import EntryKind, LedgerEntry
 from remit.engine import Engine
@@ -47,27 +46,7 @@ REACH_ENGINES = 4
 PROCESS_TIMEOUT_SECONDS = 120
 
 
-def _load_workers() -> ModuleType:
-    # workers.py is also run as a script by the child processes; loading it by path works
-    # whether or not tests/ is a package and whatever pytest's import mode.
-    spec = importlib.util.spec_from_file_location("remit_contract_workers", WORKERS_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-workers = _load_workers()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL other processes can open too; PostgreSQL gets a fresh database (pg_url → require_postgres)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'remit.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
+workers = load_workers()
 
 
 class CounterSampler(threading.Thread):

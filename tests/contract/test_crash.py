@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import importlib.util
 import os
 import random
 import signal
@@ -30,11 +29,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import psycopg
 import pytest
 
+from conftest import load_workers
 from remit.bootstrap import open_store
 from remit.domain.ledger import EntryKind
 from remit.domain.reservations import Status
@@ -52,27 +51,7 @@ CHILD_WAIT_SECONDS_MAX = 60
 RESOLVED_KINDS = {EntryKind.COMMIT, EntryKind.RELEASE, EntryKind.EXPIRE, EntryKind.LATE_COMMIT}
 
 
-def _load_workers() -> ModuleType:
-    # workers.py is also run as a script by the child; loading it by path works whether or not
-    # tests/ is a package and whatever pytest's import mode.
-    spec = importlib.util.spec_from_file_location("remit_contract_workers", WORKERS_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-workers = _load_workers()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL the child can open too; PostgreSQL gets a fresh database (pg_url → require_postgres)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'remit.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
+workers = load_workers()
 
 
 @dataclass

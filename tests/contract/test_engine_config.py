@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLE_CONFIG, FakeClock, config
+from conftest import EXAMPLE_CONFIG, FakeClock, assert_consistent, config
 from remit.config import load_file
 from remit.domain.decisions import Decision, Outcome, ReasonCode
 from remit.engine import ActionInput, Engine
@@ -41,11 +41,6 @@ def counter(store: Store, budget_id: str, tenant: str = "t1") -> tuple[int, int,
     with store.transaction() as tx:
         found = tx.all_counters(tenant).get((budget_id, ""))
     return (0, 0, 0) if found is None else (found.used, found.held, found.overrun)
-
-
-def assert_consistent(engine: Engine, tenant: str = "t1") -> None:
-    report = engine.check(tenant)
-    assert report.is_consistent, report.mismatches
 
 
 def allowed(decision: Any) -> str:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from conftest import START_US, FakeClock
-from remit.domain.decisions import Decision, Outcome, ReasonCode
+from conftest import START_US, FakeClock, allowed, assert_consistent
+from remit.domain.decisions import Outcome, ReasonCode
 from remit.domain.ledger import EntryKind
 from remit.engine import ActionInput, Engine
 from remit.errors import Conflict, InvalidRequest, NotFound
@@ -68,17 +68,6 @@ def counter(store: Store, budget_id: str, instance: str = "") -> tuple[int, int,
 def entries(store: Store, kind: EntryKind | None = None) -> list[Any]:
     with store.transaction() as tx:
         return [e for e in tx.ledger_entries("t1") if kind is None or e.kind is kind]
-
-
-def assert_consistent(engine: Engine) -> None:
-    report = engine.check("t1")
-    assert report.is_consistent, report.mismatches
-
-
-def allowed(decision: Decision) -> str:
-    assert decision.outcome is Outcome.ALLOW, decision.reasons
-    assert decision.reservation_id is not None
-    return decision.reservation_id
 
 
 # == authorize ==================================================================================

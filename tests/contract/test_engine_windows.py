@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import FakeClock, config
+from conftest import FakeClock, allowed, assert_consistent, config
 from remit.domain.decisions import Decision, Outcome, ReasonCode
 from remit.domain.ledger import EntryKind
 from remit.engine import ActionInput, Engine
@@ -64,17 +64,6 @@ def counter(store: Store, budget_id: str, instance: str = "") -> tuple[int, int,
 def holds(store: Store) -> list[Any]:
     with store.transaction() as tx:
         return [e for e in tx.ledger_entries("t1") if e.kind is EntryKind.HOLD]
-
-
-def assert_consistent(engine: Engine) -> None:
-    report = engine.check("t1")
-    assert report.is_consistent, report.mismatches
-
-
-def allowed(decision: Decision) -> str:
-    assert decision.outcome is Outcome.ALLOW, decision.reasons
-    assert decision.reservation_id is not None
-    return decision.reservation_id
 
 
 def report_of(decision: Decision, budget_id: str) -> Any:
