@@ -19,49 +19,35 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
 from remit import config as config_io
-from remit.domain.amounts import parse_amount
-from remit.domain.budgets import Budget, Counter, CounterKey
-from remit.domain.decisions import (
-    Decision,
-    Outcome,
-    Priority,
-    decision_from_record,
-    decision_to_record,
-)
-from remit.domain.evaluation import (
-    Consulted,
-    evaluate_authorize,
-    measure,
-    post_usage,
-    release_hold,
-    report,
-)
-from remit.domain.ledger import EntryKind, LedgerEntry, Posting, rebuild_counters
-from remit.domain.reservations import HoldPart, Reservation, Status
-from remit.domain.tenant import Agent, TenantConfig
-from remit.domain.windows import US_PER_SECOND, BoundsCache, rolling_floor
-from remit.errors import Conflict, InvalidRequest, InvariantViolation, NotFound, Overloaded, RemitError
-from remit.limits import (
-    BATCH_SIZE_MAX,
-    CONTEXT_BYTES_MAX,
-    EXPIRY_BATCH_SIZE_MAX,
-    IDEMPOTENCY_KEY_LENGTH_MAX,
-    LEASE_SECONDS_DEFAULT,
-    LEASE_SECONDS_MAX,
-    LEASE_SECONDS_MIN,
-    METERS_PER_REQUEST_MAX,
-    NAME_LENGTH_MAX,
-    QUEUE_LENGTH_MAX,
-    TOUCHES_PER_REQUEST_MAX,
+from remit.batch import TenantBatch, TenantState
+from remit.domain.budgets import Counter, CounterKey
+from remit.domain.decisions import Decision
+from remit.domain.ledger import EntryKind, LedgerEntry, rebuild_counters
+from remit.domain.tenant import TenantConfig
+from remit.domain.windows import BoundsCache, rolling_floor
+from remit.errors import NotFound, Overloaded, RemitError
+from remit.limits import BATCH_SIZE_MAX, EXPIRY_BATCH_SIZE_MAX, LEASE_SECONDS_DEFAULT, QUEUE_LENGTH_MAX
+from remit.operations import (
+    ActionInput,
+    Operation,
+    Resolve,
+    Result,
+    check_key,
+    check_name,
+    expect_result,
+    lease_us,
+    parse_act,
+    parse_amounts,
 )
 from remit.results import CheckReport, CommitResult, ExtendResult, ReleaseResult, UsageResult
 from remit.store.base import BatchWrite, Store, Transaction, dumps
+
+__all__ = ["ActionInput", "Clock", "Engine", "Operation", "Result", "expect_result", "system_clock"]
 
 Clock = Callable[[], int]
 """Returns now in integer microseconds since the Unix epoch."""
@@ -70,65 +56,8 @@ BATCH_ATTEMPTS_MAX = 5
 """A batch that loses a deadlock or lock wait to another process is retried this many times."""
 
 
-_AMOUNT_CACHE: dict[tuple[object, int], int] = {}
-"""Decimal parsing is the slowest part of reading a request; agents repeat the same amounts."""
-_AMOUNT_CACHE_SIZE_MAX = 10_000
-
-
 def system_clock() -> int:
     return time.time_ns() // 1000
-
-
-@dataclass(slots=True)
-class ActionInput:
-    """An action as a caller describes it: amounts as decimal strings in each meter's unit."""
-
-    agent: str
-    action: str
-    amounts: Mapping[str, str | int] = field(default_factory=dict)
-    touches: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    task: str | None = None
-    context: Mapping[str, Any] = field(default_factory=dict)
-    priority: str | None = None
-    lease_seconds: int = LEASE_SECONDS_DEFAULT
-    idempotency_key: str | None = None
-
-
-@dataclass(slots=True)
-class _Act:
-    """A parsed authorize (or post-hoc usage) request."""
-
-    tenant_id: str
-    agent: Agent
-    action: str
-    amounts: dict[str, int]
-    touches: dict[str, tuple[str, ...]]
-    task: str | None
-    context: Mapping[str, Any]
-    priority: Priority
-    lease_us: int
-    idempotency_key: str | None
-    fingerprint: str
-    is_usage: bool = False
-    consulted: list[tuple[Budget, str]] | None = None
-    """The budgets (and instances) this request consults, once the batch has worked them out."""
-
-
-@dataclass(slots=True)
-class _Resolve:
-    """A request about an existing reservation: commit, release, extend or expire."""
-
-    tenant_id: str
-    kind: str
-    reservation_id: str
-    amounts: dict[str, int] | None = None
-    outcome: str | None = None
-    idempotency_key: str | None = None
-    lease_us: int = 0
-
-
-Operation = _Act | _Resolve
-Result = Decision | CommitResult | ReleaseResult | ExtendResult | UsageResult | None
 
 
 class _Waiter:
@@ -144,69 +73,6 @@ class _Waiter:
         """Set once: either the answer is in, or this waiter was made the next leader."""
 
 
-_T = TypeVar("_T")
-
-
-def expect_result(result: Result, kind: type[_T]) -> _T:
-    if not isinstance(result, kind):
-        raise InvariantViolation(f"expected a {kind.__name__}, the batch answered {type(result).__name__}")
-    return result
-
-
-def _check_name(value: object, field_name: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > NAME_LENGTH_MAX:
-        raise InvalidRequest(
-            f"{field_name} must be a non-empty string of at most {NAME_LENGTH_MAX} characters",
-            code="invalid_field",
-            field=field_name,
-        )
-    return value
-
-
-def _lease_us(lease_seconds: object) -> int:
-    if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, int):
-        raise InvalidRequest(
-            "lease_seconds must be a whole number of seconds", code="invalid_field", field="lease_seconds"
-        )
-    if not LEASE_SECONDS_MIN <= lease_seconds <= LEASE_SECONDS_MAX:
-        raise InvalidRequest(
-            f"lease_seconds must be between {LEASE_SECONDS_MIN} and {LEASE_SECONDS_MAX}",
-            code="invalid_field",
-            field="lease_seconds",
-        )
-    return lease_seconds * US_PER_SECOND
-
-
-def _check_context(context: object) -> dict[str, Any]:
-    if not isinstance(context, Mapping):
-        raise InvalidRequest("context must be an object", code="invalid_field", field="context")
-    if not context:
-        return {}
-    try:
-        size = len(orjson.dumps(context))
-    except (TypeError, orjson.JSONEncodeError):
-        raise InvalidRequest(
-            "context must be JSON (string keys; strings, numbers, lists, objects)",
-            code="invalid_field",
-            field="context",
-        ) from None
-    if size > CONTEXT_BYTES_MAX:
-        raise InvalidRequest(f"context is over {CONTEXT_BYTES_MAX} bytes", code="invalid_field", field="context")
-    return dict(context)
-
-
-def _check_key(key: object) -> str | None:
-    if key is None:
-        return None
-    if not isinstance(key, str) or not key or len(key) > IDEMPOTENCY_KEY_LENGTH_MAX:
-        raise InvalidRequest(
-            f"idempotency_key must be a string of 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} characters",
-            code="invalid_field",
-            field="idempotency_key",
-        )
-    return key
-
-
 class Engine:
     """Decides actions against the budgets in a store. Thread-safe; one per process is enough."""
 
@@ -216,7 +82,7 @@ class Engine:
         self.batch_size_max = batch_size_max
         self._configs: dict[str, TenantConfig] = {}
         self._bounds = BoundsCache()
-        self._states: dict[str, _TenantState] = {}
+        self._states: dict[str, TenantState] = {}
         self._execute_lock = threading.Lock()
         """One batch at a time per engine: the in-memory tenant state has a single writer."""
         self._queue: list[_Waiter] = []
@@ -229,7 +95,7 @@ class Engine:
 
     # == tenants and configuration ==============================================================
     def create_tenant(self, tenant_id: str, *, name: str | None = None, timezone: str = "UTC") -> None:
-        _check_name(tenant_id, "tenant")
+        check_name(tenant_id, "tenant")
         with self.store.transaction() as tx:
             tx.create_tenant(tenant_id, name or tenant_id, timezone, self.clock())
             tx.commit()
@@ -316,10 +182,10 @@ class Engine:
 
     # -- operations: validated requests, ready for a batch (the async front submits these too) --
     def authorize_operation(self, tenant_id: str, request: ActionInput) -> Operation:
-        return self._parse_act(tenant_id, request, is_usage=False)
+        return parse_act(self.tenant_config(tenant_id), request, is_usage=False)
 
     def usage_operation(self, tenant_id: str, request: ActionInput) -> Operation:
-        return self._parse_act(tenant_id, request, is_usage=True)
+        return parse_act(self.tenant_config(tenant_id), request, is_usage=True)
 
     def commit_operation(
         self,
@@ -330,32 +196,30 @@ class Engine:
         outcome: str = "success",
         idempotency_key: str | None = None,
     ) -> Operation:
-        parsed = None if amounts is None else self._parse_amounts(self.tenant_config(tenant_id), amounts, "amounts")
-        return _Resolve(
+        parsed = None if amounts is None else parse_amounts(self.tenant_config(tenant_id), amounts, "amounts")
+        return Resolve(
             tenant_id,
             "commit",
-            _check_name(reservation_id, "reservation"),
+            check_name(reservation_id, "reservation"),
             parsed,
             outcome,
-            _check_key(idempotency_key),
+            check_key(idempotency_key),
         )
 
     def release_operation(
         self, tenant_id: str, reservation_id: str, *, idempotency_key: str | None = None
     ) -> Operation:
-        return _Resolve(
+        return Resolve(
             tenant_id,
             "release",
-            _check_name(reservation_id, "reservation"),
-            idempotency_key=_check_key(idempotency_key),
+            check_name(reservation_id, "reservation"),
+            idempotency_key=check_key(idempotency_key),
         )
 
     def extend_operation(
         self, tenant_id: str, reservation_id: str, lease_seconds: int = LEASE_SECONDS_DEFAULT
     ) -> Operation:
-        return _Resolve(
-            tenant_id, "extend", _check_name(reservation_id, "reservation"), lease_us=_lease_us(lease_seconds)
-        )
+        return Resolve(tenant_id, "extend", check_name(reservation_id, "reservation"), lease_us=lease_us(lease_seconds))
 
     def expire_holds(self, limit: int = EXPIRY_BATCH_SIZE_MAX) -> int:
         """Expire holds whose lease has run out; returns how many. Safe to run in every process."""
@@ -364,123 +228,8 @@ class Engine:
             due = tx.due_reservations(now_us, limit)
         if not due:
             return 0
-        results = self.execute([_Resolve(tenant, "expire", rid) for tenant, rid in due])
+        results = self.execute([Resolve(tenant, "expire", rid) for tenant, rid in due])
         return sum(1 for result in results if isinstance(result, ReleaseResult))
-
-    # == parsing (before anything is queued: bad input never reaches the store) =================
-    def _parse_act(self, tenant_id: str, request: ActionInput, *, is_usage: bool) -> _Act:
-        tenant = self.tenant_config(tenant_id)
-        agent_name = _check_name(request.agent, "agent")
-        agent = tenant.agents.get(agent_name)
-        if agent is None:
-            raise InvalidRequest(f"agent {agent_name!r} is not configured", code="unknown_agent", field="agent")
-        action = _check_name(request.action, "action")
-        task = None if request.task is None else _check_name(request.task, "task")
-        amounts = self._parse_amounts(tenant, request.amounts, "amounts")
-        touches = self._parse_touches(tenant, request.touches)
-        try:
-            priority = agent.priority if request.priority is None else Priority(request.priority)
-        except ValueError:
-            raise InvalidRequest(
-                f"priority {request.priority!r} is not one of interactive, scheduled, background",
-                code="invalid_field",
-                field="priority",
-            ) from None
-        context = _check_context(request.context)
-        key = _check_key(request.idempotency_key)
-        fingerprint = ""
-        if key is not None:
-            canonical = orjson.dumps(
-                [
-                    agent_name,
-                    task,
-                    action,
-                    sorted(amounts.items()),
-                    sorted(touches.items()),
-                    priority.value,
-                    request.lease_seconds,
-                    is_usage,
-                    context,
-                ],
-                option=orjson.OPT_SORT_KEYS,
-            )
-            fingerprint = hashlib.sha256(canonical).hexdigest()
-        return _Act(
-            tenant_id,
-            agent,
-            action,
-            amounts,
-            touches,
-            task,
-            context,
-            priority,
-            _lease_us(request.lease_seconds),
-            key,
-            fingerprint,
-            is_usage,
-        )
-
-    @staticmethod
-    def _parse_amounts(tenant: TenantConfig, amounts: Mapping[str, str | int], field_name: str) -> dict[str, int]:
-        if not isinstance(amounts, Mapping):
-            raise InvalidRequest(
-                f"{field_name} must be an object of meter → amount", code="invalid_field", field=field_name
-            )
-        if len(amounts) > METERS_PER_REQUEST_MAX:
-            raise InvalidRequest(
-                f"{field_name} has more than {METERS_PER_REQUEST_MAX} meters", code="invalid_field", field=field_name
-            )
-        parsed = {}
-        for name, text in amounts.items():
-            meter = tenant.meters.get(name)
-            where = f"{field_name}.{name}"
-            if meter is None:
-                raise InvalidRequest(f"{where}: meter {name!r} does not exist", code="unknown_meter", field=where)
-            if meter.is_distinct:
-                raise InvalidRequest(
-                    f"{where}: {name!r} is a distinct meter; list entities in touches",
-                    code="invalid_field",
-                    field=where,
-                )
-            cache_key = (text, meter.scale)
-            amount = _AMOUNT_CACHE.get(cache_key) if type(text) is str else None
-            if amount is None:
-                amount = parse_amount(text, meter.scale, field=where)
-                if len(_AMOUNT_CACHE) < _AMOUNT_CACHE_SIZE_MAX:
-                    _AMOUNT_CACHE[cache_key] = amount
-            parsed[name] = amount
-        return parsed
-
-    @staticmethod
-    def _parse_touches(tenant: TenantConfig, touches: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
-        if not isinstance(touches, Mapping):
-            raise InvalidRequest(
-                "touches must be an object of meter → entity list", code="invalid_field", field="touches"
-            )
-        parsed = {}
-        count = 0
-        for name, entities in touches.items():
-            meter = tenant.meters.get(name)
-            where = f"touches.{name}"
-            if meter is None:
-                raise InvalidRequest(f"{where}: meter {name!r} does not exist", code="unknown_meter", field=where)
-            if not meter.is_distinct:
-                raise InvalidRequest(
-                    f"{where}: {name!r} is a sum meter; give it in amounts", code="invalid_field", field=where
-                )
-            if not isinstance(entities, (list, tuple)):
-                raise InvalidRequest(f"{where} must be a list of entity ids", code="invalid_field", field=where)
-            for entity in entities:
-                if type(entity) is not str or not entity or len(entity) > NAME_LENGTH_MAX:
-                    _check_name(entity, where)
-            unique = tuple(dict.fromkeys(entities))
-            count += len(unique)
-            parsed[name] = unique
-        if count > TOUCHES_PER_REQUEST_MAX:
-            raise InvalidRequest(
-                f"touches lists more than {TOUCHES_PER_REQUEST_MAX} entities", code="invalid_field", field="touches"
-            )
-        return parsed
 
     # == batching across threads ================================================================
     def submit(self, operation: Operation) -> Result:
@@ -571,7 +320,7 @@ class Engine:
     ) -> list[Result | RemitError | BaseException]:
         now_us = self.clock()
         results: list[Result | RemitError | BaseException] = [None] * len(operations)
-        done: list[tuple[_TenantBatch, int]] = []
+        done: list[tuple[TenantBatch, int]] = []
         with self.store.transaction() as tx:
             locked = tx.lock_tenants(list(by_tenant))
             for tenant_id in sorted(by_tenant):
@@ -586,9 +335,11 @@ class Engine:
                     tenant = self._load_tenant(tx, tenant_id)
                 state = self._states.get(tenant_id)
                 if state is None or state.write_seq != write_seq:
-                    state = _TenantState(write_seq)  # someone else wrote: forget what we knew
+                    state = TenantState(write_seq)  # someone else wrote: forget what we knew
                     self._states[tenant_id] = state
-                batch = _TenantBatch(self, tx, tenant, state, now_us)
+                batch = TenantBatch(
+                    tx, tenant, state, now_us, bounds=self._bounds, new_reservation_id=self.new_reservation_id
+                )
                 batch.write.write_seq = write_seq + 1
                 batch.run([(i, operations[i]) for i in indexes], results)
                 done.append((batch, write_seq + 1))
@@ -665,429 +416,3 @@ class Engine:
     @property
     def batch_size_mean(self) -> float:
         return self.batch_sizes_total / self.batches_executed if self.batches_executed else 0.0
-
-
-HOLDS_CACHED_MAX = 200_000
-"""Most live holds an engine remembers per tenant; past it, they are read back from the store."""
-COUNTERS_CACHED_MAX = 200_000
-
-
-@dataclass(slots=True)
-class _TenantState:
-    """What this process knows of a tenant's counters and live holds.
-
-    Exact while the tenant's `write_seq` in the store equals `write_seq` here: every writer
-    moves the sequence on under the tenant's row lock, so an equal sequence means nobody else
-    wrote since this process did, and the batch need not read what it already has.
-    """
-
-    write_seq: int
-    counters: dict[CounterKey, Counter] = field(default_factory=dict)
-    holds: dict[str, Reservation] = field(default_factory=dict)
-
-
-class _TenantBatch:
-    """One tenant's share of a batch: lock, decide in order, write once."""
-
-    def __init__(self, engine: Engine, tx: Transaction, tenant: TenantConfig, state: _TenantState, now_us: int) -> None:
-        self.engine = engine
-        self.tx = tx
-        self.tenant = tenant
-        self.state = state
-        self.now_us = now_us
-        self.counters: dict[CounterKey, Counter] = {}
-        self.reservations: dict[str, Reservation] = {}
-        self.answered_keys: dict[str, tuple[str, Any]] = {}
-        self.due_ids: list[str] = []
-        self.expired_ids: set[str] = set()
-        self.touched_reservations: set[str] = set()
-        """Ids already queued for writing (new or changed), so each is written once."""
-        self.write = BatchWrite()
-
-    def run(self, items: list[tuple[int, Operation]], results: list[Result | RemitError | BaseException]) -> None:
-        tenant_id = self.tenant.tenant_id
-        acts = [op for _, op in items if isinstance(op, _Act)]
-        resolves = [op for _, op in items if isinstance(op, _Resolve)]
-        keys = [op.idempotency_key for op in acts if op.idempotency_key]
-        for key, (fingerprint, response) in self.tx.claim_idempotency(tenant_id, keys, self.now_us).items():
-            self.answered_keys[key] = (fingerprint, orjson.loads(response))
-        self._lock_reservations(resolves)
-        self._lock_counters(acts)
-        for rid in self.due_ids:
-            reservation = self.reservations.get(rid)
-            if reservation is not None and reservation.is_overdue(self.now_us):
-                self._expire(reservation)
-        for index, operation in items:
-            try:
-                if isinstance(operation, _Act):
-                    results[index] = self._act(operation)
-                else:
-                    results[index] = self._resolve(operation)
-            except RemitError as error:
-                if isinstance(error, InvariantViolation):
-                    raise
-                results[index] = error
-        self.write.counters = [counter for counter in self.counters.values() if counter.is_dirty]
-        self.tx.write(tenant_id, self.write)
-
-    def settle(self, write_seq: int) -> None:
-        """After the commit: remember live holds and counters as written, then the new sequence."""
-        state = self.state
-        for reservation in self.write.new_reservations + self.write.changed_reservations:
-            if reservation.status is Status.HELD:
-                state.holds[reservation.id] = reservation
-            else:
-                state.holds.pop(reservation.id, None)
-        for counter in self.write.counters:
-            counter.is_dirty = False
-            counter.has_advanced = False
-        if len(state.holds) > HOLDS_CACHED_MAX:
-            state.holds.clear()
-        if len(state.counters) > COUNTERS_CACHED_MAX:
-            state.counters.clear()
-        state.write_seq = write_seq
-
-    # -- locking -------------------------------------------------------------------------------
-    def _lock_reservations(self, resolves: list[_Resolve]) -> None:
-        held = self.state.holds
-        ids = {op.reservation_id for op in resolves}
-        # Holds whose lease ran out are expired by the first batch that finds them, so an
-        # abandoned hold stops blocking room at its deadline, not at the next sweep.
-        self.due_ids = self.tx.due_reservation_ids(self.tenant.tenant_id, self.now_us, EXPIRY_BATCH_SIZE_MAX)
-        ids.update(self.due_ids)
-        self.reservations = {rid: held[rid] for rid in ids if rid in held}
-        missing = [rid for rid in ids if rid not in held]
-        if missing:
-            self.reservations.update(self.tx.lock_reservations(self.tenant.tenant_id, missing))
-
-    def _consulted_budgets(self, act: _Act) -> list[tuple[Budget, str]]:
-        if act.consulted is not None:
-            return act.consulted
-        chosen = []
-        for budget in self.tenant.budgets_on_path(act.agent, act.action):
-            meter = budget.meter.name
-            if meter not in act.amounts and meter not in act.touches:
-                continue
-            if budget.is_per_task:
-                if act.task is None:
-                    continue
-                chosen.append((budget, act.task))
-            else:
-                chosen.append((budget, ""))
-        act.consulted = chosen
-        return chosen
-
-    def _lock_counters(self, acts: list[_Act]) -> None:
-        keys: set[CounterKey] = set()
-        for act in acts:
-            keys.update((budget.id, instance) for budget, instance in self._consulted_budgets(act))
-        for reservation in self.reservations.values():
-            keys.update((part.budget_id, part.instance) for part in reservation.parts)
-        if not keys:
-            return
-        tenant_id = self.tenant.tenant_id
-        cached = self.state.counters
-        missing = [key for key in keys if key not in cached]
-        loaded = self.tx.lock_counters(tenant_id, missing) if missing else {}
-        rolling = [c for key, c in loaded.items() if (b := self.tenant.budget(key[0])) and b.is_rolling]
-        if rolling:
-            self.tx.load_buckets(tenant_id, rolling)
-        cached.update(loaded)
-        self.counters = {key: cached[key] for key in keys}
-        for key, counter in self.counters.items():
-            budget = self.tenant.budget(key[0])
-            if budget is not None:
-                counter.advance(budget, self.now_us, self.tenant.timezone, self.engine._bounds)
-        wanted: list[tuple[Counter, str]] = []
-        for act in acts:
-            for budget, instance in self._consulted_budgets(act):
-                if budget.meter.is_distinct:
-                    counter = self.counters[(budget.id, instance)]
-                    counted = counter.counted_entities
-                    wanted.extend((counter, e) for e in act.touches.get(budget.meter.name, ()) if e not in counted)
-        for reservation in self.reservations.values():
-            for part in reservation.parts:
-                counter = self.counters[(part.budget_id, part.instance)]
-                wanted.extend((counter, e) for e in part.entities if e not in counter.counted_entities)
-        self.tx.load_counted(tenant_id, wanted)
-
-    # -- authorize and post-hoc usage ----------------------------------------------------------
-    def _act(self, act: _Act) -> Decision | UsageResult:
-        key = act.idempotency_key
-        if key is not None and key in self.answered_keys:
-            fingerprint, record = self.answered_keys[key]
-            if fingerprint != act.fingerprint:
-                raise Conflict(f"idempotency key {key!r} was used for a different request", code="idempotency_mismatch")
-            if act.is_usage:
-                return _usage_from_record(record)
-            return decision_from_record(record)
-        consulted = [
-            Consulted(budget, self.counters[(budget.id, instance)]) for budget, instance in self._consulted_budgets(act)
-        ]
-        for item in consulted:
-            measure(item, act.amounts, act.touches)
-        result: Decision | UsageResult = self._usage(act, consulted) if act.is_usage else self._hold(act, consulted)
-        if key is not None:
-            record = _usage_to_record(result) if act.is_usage else decision_to_record(expect_result(result, Decision))
-            self.answered_keys[key] = (act.fingerprint, record)
-            self.write.idempotency.append((key, act.fingerprint, dumps(record)))
-        return result
-
-    def _hold(self, act: _Act, consulted: list[Consulted]) -> Decision:
-        tz, cache = self.tenant.timezone, self.engine._bounds
-        decision, parts, postings = evaluate_authorize(consulted, self.now_us, tz, cache)
-        if decision.outcome is not Outcome.ALLOW:
-            return decision
-        reservation = Reservation(
-            tenant_id=act.tenant_id,
-            id=self.engine.new_reservation_id(),
-            status=Status.HELD,
-            agent=act.agent.name,
-            action=act.action,
-            task=act.task,
-            amounts=act.amounts,
-            parts=parts,
-            lease_expires_at_us=self.now_us + act.lease_us,
-            created_at_us=self.now_us,
-        )
-        decision.reservation_id = reservation.id
-        decision.lease_expires_at_us = reservation.lease_expires_at_us
-        self.reservations[reservation.id] = reservation
-        self.touched_reservations.add(reservation.id)
-        self.write.new_reservations.append(reservation)
-        detail: dict[str, Any] = {
-            "priority": act.priority.value,
-            "lease_expires_at_us": reservation.lease_expires_at_us,
-        }
-        if act.task is not None:
-            detail["task"] = act.task
-        if act.context:
-            detail["context"] = act.context
-        if decision.reasons:
-            detail["shadow_denials"] = [reason.budget for reason in decision.reasons]
-        self._entry(EntryKind.HOLD, reservation, postings, detail)
-        return decision
-
-    def _usage(self, act: _Act, consulted: list[Consulted]) -> UsageResult:
-        postings = []
-        overrun: dict[str, int] = {}
-        for item in consulted:
-            entities = act.touches.get(item.budget.meter.name, ())
-            amount = act.amounts.get(item.budget.meter.name, 0)
-            posting = post_usage(item.budget, item.counter, self.now_us, amount, entities)
-            postings.append(posting)
-            if posting.overrun:
-                meter = item.budget.meter.name
-                overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
-        detail: dict[str, Any] = {"priority": act.priority.value, "amounts": act.amounts}
-        if act.task is not None:
-            detail["task"] = act.task
-        if overrun:
-            detail["overrun"] = overrun
-        self.write.entries.append(
-            LedgerEntry(EntryKind.USAGE, act.tenant_id, self.now_us, None, act.agent.name, act.action, postings, detail)
-        )
-        reports = [report(item, self.now_us, self.tenant.timezone, self.engine._bounds) for item in consulted]
-        return UsageResult(reports, overrun)
-
-    # -- commit, release, extend, expire -------------------------------------------------------
-    def _resolve(self, op: _Resolve) -> Result:
-        reservation = self.reservations.get(op.reservation_id)
-        if reservation is None:
-            if op.kind == "expire":
-                return None
-            raise NotFound(f"reservation {op.reservation_id!r} does not exist")
-        if reservation.is_overdue(self.now_us):
-            self._expire(reservation)
-        if op.kind == "expire":
-            return ReleaseResult(reservation.id, "expired", {}) if reservation.id in self.expired_ids else None
-        if reservation.status is Status.HELD:
-            if op.kind == "commit":
-                return self._commit(reservation, op)
-            if op.kind == "release":
-                return self._release(reservation, op)
-            reservation.lease_expires_at_us = self.now_us + op.lease_us
-            self._changed(reservation)
-            self._entry(EntryKind.EXTEND, reservation, [], {"lease_expires_at_us": reservation.lease_expires_at_us})
-            return ExtendResult(reservation.id, "held", reservation.lease_expires_at_us)
-        return self._resolved_already(reservation, op)
-
-    def _resolved_already(self, reservation: Reservation, op: _Resolve) -> Result:
-        record = reservation.result or {}
-        if op.idempotency_key is not None and op.idempotency_key == reservation.resolve_key:
-            if record.get("kind") != op.kind or record.get("request") != _resolve_fingerprint(op):
-                raise Conflict(
-                    f"idempotency key {op.idempotency_key!r} was used for a different request",
-                    code="idempotency_mismatch",
-                )
-            if op.kind == "commit":
-                return CommitResult.from_record(reservation.id, record)
-            return ReleaseResult(reservation.id, "released", record["released"])
-        if reservation.status is Status.EXPIRED:
-            if op.kind == "commit":
-                return self._commit_late(reservation, op)
-            raise Conflict(
-                f"reservation {reservation.id} expired at its lease deadline",
-                code="expired",
-                details={"lease_expires_at_us": reservation.lease_expires_at_us},
-            )
-        code = "already_committed" if reservation.status is Status.COMMITTED else "already_released"
-        raise Conflict(
-            f"reservation {reservation.id} is {reservation.status.value} already",
-            code=code,
-            details={"status": reservation.status.value},
-        )
-
-    def _check_actuals(self, reservation: Reservation, op: _Resolve) -> dict[str, int]:
-        actuals = dict(reservation.amounts)
-        for meter, amount in (op.amounts or {}).items():
-            if meter not in reservation.amounts:
-                raise InvalidRequest(
-                    f"amounts.{meter}: the reservation held no {meter}; report it as usage instead",
-                    code="meter_not_held",
-                    field=f"amounts.{meter}",
-                )
-            actuals[meter] = amount
-        return actuals
-
-    def _commit(self, reservation: Reservation, op: _Resolve) -> CommitResult:
-        actuals = self._check_actuals(reservation, op)
-        postings, committed, overrun = self._post_actuals(reservation, actuals, is_releasing=True)
-        released = {meter: max(0, held - actuals[meter]) for meter, held in reservation.amounts.items()}
-        result = CommitResult(reservation.id, "committed", committed, released, overrun)
-        self._finish(reservation, Status.COMMITTED, op, result.to_record())
-        detail: dict[str, Any] = {"amounts": actuals, "outcome": op.outcome}
-        if overrun:
-            detail["overrun"] = overrun
-        self._entry(EntryKind.COMMIT, reservation, postings, detail)
-        return result
-
-    def _commit_late(self, reservation: Reservation, op: _Resolve) -> CommitResult:
-        """The hold expired but the work happened: count it now, as usage that was never held."""
-        actuals = self._check_actuals(reservation, op)
-        postings, committed, overrun = self._post_actuals(reservation, actuals, is_releasing=False)
-        result = CommitResult(reservation.id, "committed", committed, {}, overrun, is_late=True)
-        self._finish(reservation, Status.COMMITTED, op, result.to_record())
-        reservation.was_expired = True
-        detail: dict[str, Any] = {"amounts": actuals, "outcome": op.outcome, "late": True}
-        if overrun:
-            detail["overrun"] = overrun
-        self._entry(EntryKind.LATE_COMMIT, reservation, postings, detail)
-        return result
-
-    def _post_actuals(
-        self, reservation: Reservation, actuals: dict[str, int], *, is_releasing: bool
-    ) -> tuple[list[Posting], dict[str, int], dict[str, int]]:
-        """Count a commit's actuals on each budget it held on; release the holds first if still live.
-
-        Returns the postings (one per budget), what was committed per meter and the overrun per
-        meter (the largest over that meter's budgets).
-        """
-        postings: list[Posting] = []
-        committed: dict[str, int] = {}
-        overrun: dict[str, int] = {}
-        for part in reservation.parts:
-            counter = self.counters[(part.budget_id, part.instance)]
-            budget = self.tenant.budget(part.budget_id)
-            released = self._release_part(budget, counter, part) if is_releasing else None
-            if budget is None:
-                if released is not None:
-                    postings.append(released)
-                continue  # the budget was removed from the config: its hold is released, nothing counted
-            meter = budget.meter.name
-            posting = post_usage(budget, counter, self.now_us, actuals.get(meter, 0), part.entities)
-            if released is not None:
-                posting.held = released.held  # one posting per budget: the hold goes, the usage comes
-            postings.append(posting)
-            if budget.meter.is_distinct:
-                committed[meter] = max(committed.get(meter, 0), posting.used)
-            else:
-                committed[meter] = actuals[meter]
-            if posting.overrun:
-                overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
-        return postings, committed, overrun
-
-    def _release(self, reservation: Reservation, op: _Resolve) -> ReleaseResult:
-        postings = [
-            self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
-            for part in reservation.parts
-        ]
-        result = ReleaseResult(reservation.id, "released", dict(reservation.amounts))
-        self._finish(reservation, Status.RELEASED, op, result.to_record())
-        self._entry(EntryKind.RELEASE, reservation, postings, {})
-        return result
-
-    def _expire(self, reservation: Reservation) -> None:
-        postings = [
-            self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
-            for part in reservation.parts
-        ]
-        reservation.status = Status.EXPIRED
-        reservation.resolved_at_us = self.now_us
-        self.expired_ids.add(reservation.id)
-        self._changed(reservation)
-        self._entry(EntryKind.EXPIRE, reservation, postings, {"lease_expires_at_us": reservation.lease_expires_at_us})
-
-    def _release_part(self, budget: Budget | None, counter: Counter, part: HoldPart) -> Posting:
-        if budget is None:
-            counter.held -= part.amount
-            counter.is_dirty = True
-            return Posting(part.budget_id, part.instance, counter.window_start, held=-part.amount)
-        return release_hold(budget, counter, part, self.now_us)
-
-    def _finish(self, reservation: Reservation, status: Status, op: _Resolve, record: dict[str, Any]) -> None:
-        reservation.status = status
-        reservation.resolved_at_us = self.now_us
-        if op.idempotency_key is not None:
-            record["request"] = _resolve_fingerprint(op)
-        reservation.result = record
-        reservation.resolve_key = op.idempotency_key
-        self._changed(reservation)
-
-    def _changed(self, reservation: Reservation) -> None:
-        if reservation.id in self.touched_reservations:
-            return
-        self.touched_reservations.add(reservation.id)
-        self.write.changed_reservations.append(reservation)
-
-    def _entry(
-        self, kind: EntryKind, reservation: Reservation, postings: list[Posting], detail: dict[str, Any]
-    ) -> None:
-        self.write.entries.append(
-            LedgerEntry(
-                kind,
-                reservation.tenant_id,
-                self.now_us,
-                reservation.id,
-                reservation.agent,
-                reservation.action,
-                postings,
-                detail,
-            )
-        )
-
-
-def _resolve_fingerprint(op: _Resolve) -> str:
-    """What a retried commit or release must repeat exactly to get the first answer back."""
-    amounts = sorted(op.amounts.items()) if op.amounts is not None else None
-    return hashlib.sha256(orjson.dumps([op.kind, amounts, op.outcome])).hexdigest()[:32]
-
-
-def _usage_to_record(result: Decision | UsageResult) -> dict[str, Any]:
-    usage = expect_result(result, UsageResult)
-    decision = decision_to_record(Decision(Outcome.ALLOW, usage.budgets))
-    return {"budgets": decision["budgets"], "overrun": usage.overrun}
-
-
-def _usage_from_record(record: dict[str, Any]) -> UsageResult:
-    decision = decision_from_record(
-        {
-            **record,
-            "outcome": "allow",
-            "reasons": [],
-            "reservation_id": None,
-            "lease_expires_at_us": None,
-            "retry_after_seconds": None,
-        }
-    )
-    return UsageResult(decision.budgets, record["overrun"])

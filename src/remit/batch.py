@@ -1,0 +1,458 @@
+"""One tenant's share of a batch: lock what it touches, decide in arrival order, write once."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from remit.domain.budgets import Budget, Counter, CounterKey
+from remit.domain.decisions import Decision, Outcome, decision_from_record, decision_to_record
+from remit.domain.evaluation import Consulted, evaluate_authorize, measure, post_usage, release_hold, report
+from remit.domain.ledger import EntryKind, LedgerEntry, Posting
+from remit.domain.reservations import HoldPart, Reservation, Status
+from remit.domain.tenant import TenantConfig
+from remit.domain.windows import BoundsCache
+from remit.errors import Conflict, InvalidRequest, InvariantViolation, NotFound, RemitError
+from remit.limits import EXPIRY_BATCH_SIZE_MAX
+from remit.operations import Act, Operation, Resolve, Result, expect_result
+from remit.results import CommitResult, ExtendResult, ReleaseResult, UsageResult
+from remit.store.base import BatchWrite, Transaction, dumps
+
+HOLDS_CACHED_MAX = 200_000
+"""Most live holds an engine remembers per tenant; past it, they are read back from the store."""
+COUNTERS_CACHED_MAX = 200_000
+
+
+@dataclass(slots=True)
+class TenantState:
+    """What this process knows of a tenant's counters and live holds.
+
+    Exact while the tenant's `write_seq` in the store equals `write_seq` here: every writer
+    moves the sequence on under the tenant's row lock, so an equal sequence means nobody else
+    wrote since this process did, and the batch need not read what it already has.
+    """
+
+    write_seq: int
+    counters: dict[CounterKey, Counter] = field(default_factory=dict)
+    holds: dict[str, Reservation] = field(default_factory=dict)
+
+
+class TenantBatch:
+    """One tenant's share of a batch: lock, decide in order, write once."""
+
+    def __init__(
+        self,
+        tx: Transaction,
+        tenant: TenantConfig,
+        state: TenantState,
+        now_us: int,
+        *,
+        bounds: BoundsCache,
+        new_reservation_id: Callable[[], str],
+    ) -> None:
+        self.tx = tx
+        self.bounds = bounds
+        self.new_reservation_id = new_reservation_id
+        self.tenant = tenant
+        self.state = state
+        self.now_us = now_us
+        self.counters: dict[CounterKey, Counter] = {}
+        self.reservations: dict[str, Reservation] = {}
+        self.answered_keys: dict[str, tuple[str, Any]] = {}
+        self.due_ids: list[str] = []
+        self.expired_ids: set[str] = set()
+        self.touched_reservations: set[str] = set()
+        """Ids already queued for writing (new or changed), so each is written once."""
+        self.write = BatchWrite()
+
+    def run(self, items: list[tuple[int, Operation]], results: list[Result | RemitError | BaseException]) -> None:
+        tenant_id = self.tenant.tenant_id
+        acts = [op for _, op in items if isinstance(op, Act)]
+        resolves = [op for _, op in items if isinstance(op, Resolve)]
+        keys = [op.idempotency_key for op in acts if op.idempotency_key]
+        for key, (fingerprint, response) in self.tx.claim_idempotency(tenant_id, keys, self.now_us).items():
+            self.answered_keys[key] = (fingerprint, orjson.loads(response))
+        self._lock_reservations(resolves)
+        self._lock_counters(acts)
+        for rid in self.due_ids:
+            reservation = self.reservations.get(rid)
+            if reservation is not None and reservation.is_overdue(self.now_us):
+                self._expire(reservation)
+        for index, operation in items:
+            try:
+                if isinstance(operation, Act):
+                    results[index] = self._act(operation)
+                else:
+                    results[index] = self._resolve(operation)
+            except RemitError as error:
+                if isinstance(error, InvariantViolation):
+                    raise
+                results[index] = error
+        self.write.counters = [counter for counter in self.counters.values() if counter.is_dirty]
+        self.tx.write(tenant_id, self.write)
+
+    def settle(self, write_seq: int) -> None:
+        """After the commit: remember live holds and counters as written, then the new sequence."""
+        state = self.state
+        for reservation in self.write.new_reservations + self.write.changed_reservations:
+            if reservation.status is Status.HELD:
+                state.holds[reservation.id] = reservation
+            else:
+                state.holds.pop(reservation.id, None)
+        for counter in self.write.counters:
+            counter.is_dirty = False
+            counter.has_advanced = False
+        if len(state.holds) > HOLDS_CACHED_MAX:
+            state.holds.clear()
+        if len(state.counters) > COUNTERS_CACHED_MAX:
+            state.counters.clear()
+        state.write_seq = write_seq
+
+    # -- locking -------------------------------------------------------------------------------
+    def _lock_reservations(self, resolves: list[Resolve]) -> None:
+        held = self.state.holds
+        ids = {op.reservation_id for op in resolves}
+        # Holds whose lease ran out are expired by the first batch that finds them, so an
+        # abandoned hold stops blocking room at its deadline, not at the next sweep.
+        self.due_ids = self.tx.due_reservation_ids(self.tenant.tenant_id, self.now_us, EXPIRY_BATCH_SIZE_MAX)
+        ids.update(self.due_ids)
+        self.reservations = {rid: held[rid] for rid in ids if rid in held}
+        missing = [rid for rid in ids if rid not in held]
+        if missing:
+            self.reservations.update(self.tx.lock_reservations(self.tenant.tenant_id, missing))
+
+    def _consulted_budgets(self, act: Act) -> list[tuple[Budget, str]]:
+        if act.consulted is not None:
+            return act.consulted
+        chosen = []
+        for budget in self.tenant.budgets_on_path(act.agent, act.action):
+            meter = budget.meter.name
+            if meter not in act.amounts and meter not in act.touches:
+                continue
+            if budget.is_per_task:
+                if act.task is None:
+                    continue
+                chosen.append((budget, act.task))
+            else:
+                chosen.append((budget, ""))
+        act.consulted = chosen
+        return chosen
+
+    def _lock_counters(self, acts: list[Act]) -> None:
+        keys: set[CounterKey] = set()
+        for act in acts:
+            keys.update((budget.id, instance) for budget, instance in self._consulted_budgets(act))
+        for reservation in self.reservations.values():
+            keys.update((part.budget_id, part.instance) for part in reservation.parts)
+        if not keys:
+            return
+        tenant_id = self.tenant.tenant_id
+        cached = self.state.counters
+        missing = [key for key in keys if key not in cached]
+        loaded = self.tx.lock_counters(tenant_id, missing) if missing else {}
+        rolling = [c for key, c in loaded.items() if (b := self.tenant.budget(key[0])) and b.is_rolling]
+        if rolling:
+            self.tx.load_buckets(tenant_id, rolling)
+        cached.update(loaded)
+        self.counters = {key: cached[key] for key in keys}
+        for key, counter in self.counters.items():
+            budget = self.tenant.budget(key[0])
+            if budget is not None:
+                counter.advance(budget, self.now_us, self.tenant.timezone, self.bounds)
+        wanted: list[tuple[Counter, str]] = []
+        for act in acts:
+            for budget, instance in self._consulted_budgets(act):
+                if budget.meter.is_distinct:
+                    counter = self.counters[(budget.id, instance)]
+                    counted = counter.counted_entities
+                    wanted.extend((counter, e) for e in act.touches.get(budget.meter.name, ()) if e not in counted)
+        for reservation in self.reservations.values():
+            for part in reservation.parts:
+                counter = self.counters[(part.budget_id, part.instance)]
+                wanted.extend((counter, e) for e in part.entities if e not in counter.counted_entities)
+        self.tx.load_counted(tenant_id, wanted)
+
+    # -- authorize and post-hoc usage ----------------------------------------------------------
+    def _act(self, act: Act) -> Decision | UsageResult:
+        key = act.idempotency_key
+        if key is not None and key in self.answered_keys:
+            fingerprint, record = self.answered_keys[key]
+            if fingerprint != act.fingerprint:
+                raise Conflict(f"idempotency key {key!r} was used for a different request", code="idempotency_mismatch")
+            if act.is_usage:
+                return _usage_from_record(record)
+            return decision_from_record(record)
+        consulted = [
+            Consulted(budget, self.counters[(budget.id, instance)]) for budget, instance in self._consulted_budgets(act)
+        ]
+        for item in consulted:
+            measure(item, act.amounts, act.touches)
+        result: Decision | UsageResult = self._usage(act, consulted) if act.is_usage else self._hold(act, consulted)
+        if key is not None:
+            record = _usage_to_record(result) if act.is_usage else decision_to_record(expect_result(result, Decision))
+            self.answered_keys[key] = (act.fingerprint, record)
+            self.write.idempotency.append((key, act.fingerprint, dumps(record)))
+        return result
+
+    def _hold(self, act: Act, consulted: list[Consulted]) -> Decision:
+        tz, cache = self.tenant.timezone, self.bounds
+        decision, parts, postings = evaluate_authorize(consulted, self.now_us, tz, cache)
+        if decision.outcome is not Outcome.ALLOW:
+            return decision
+        reservation = Reservation(
+            tenant_id=act.tenant_id,
+            id=self.new_reservation_id(),
+            status=Status.HELD,
+            agent=act.agent.name,
+            action=act.action,
+            task=act.task,
+            amounts=act.amounts,
+            parts=parts,
+            lease_expires_at_us=self.now_us + act.lease_us,
+            created_at_us=self.now_us,
+        )
+        decision.reservation_id = reservation.id
+        decision.lease_expires_at_us = reservation.lease_expires_at_us
+        self.reservations[reservation.id] = reservation
+        self.touched_reservations.add(reservation.id)
+        self.write.new_reservations.append(reservation)
+        detail: dict[str, Any] = {
+            "priority": act.priority.value,
+            "lease_expires_at_us": reservation.lease_expires_at_us,
+        }
+        if act.task is not None:
+            detail["task"] = act.task
+        if act.context:
+            detail["context"] = act.context
+        if decision.reasons:
+            detail["shadow_denials"] = [reason.budget for reason in decision.reasons]
+        self._entry(EntryKind.HOLD, reservation, postings, detail)
+        return decision
+
+    def _usage(self, act: Act, consulted: list[Consulted]) -> UsageResult:
+        postings = []
+        overrun: dict[str, int] = {}
+        for item in consulted:
+            entities = act.touches.get(item.budget.meter.name, ())
+            amount = act.amounts.get(item.budget.meter.name, 0)
+            posting = post_usage(item.budget, item.counter, self.now_us, amount, entities)
+            postings.append(posting)
+            if posting.overrun:
+                meter = item.budget.meter.name
+                overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
+        detail: dict[str, Any] = {"priority": act.priority.value, "amounts": act.amounts}
+        if act.task is not None:
+            detail["task"] = act.task
+        if overrun:
+            detail["overrun"] = overrun
+        self.write.entries.append(
+            LedgerEntry(EntryKind.USAGE, act.tenant_id, self.now_us, None, act.agent.name, act.action, postings, detail)
+        )
+        reports = [report(item, self.now_us, self.tenant.timezone, self.bounds) for item in consulted]
+        return UsageResult(reports, overrun)
+
+    # -- commit, release, extend, expire -------------------------------------------------------
+    def _resolve(self, op: Resolve) -> Result:
+        reservation = self.reservations.get(op.reservation_id)
+        if reservation is None:
+            if op.kind == "expire":
+                return None
+            raise NotFound(f"reservation {op.reservation_id!r} does not exist")
+        if reservation.is_overdue(self.now_us):
+            self._expire(reservation)
+        if op.kind == "expire":
+            return ReleaseResult(reservation.id, "expired", {}) if reservation.id in self.expired_ids else None
+        if reservation.status is Status.HELD:
+            if op.kind == "commit":
+                return self._commit(reservation, op)
+            if op.kind == "release":
+                return self._release(reservation, op)
+            reservation.lease_expires_at_us = self.now_us + op.lease_us
+            self._changed(reservation)
+            self._entry(EntryKind.EXTEND, reservation, [], {"lease_expires_at_us": reservation.lease_expires_at_us})
+            return ExtendResult(reservation.id, "held", reservation.lease_expires_at_us)
+        return self._resolved_already(reservation, op)
+
+    def _resolved_already(self, reservation: Reservation, op: Resolve) -> Result:
+        record = reservation.result or {}
+        if op.idempotency_key is not None and op.idempotency_key == reservation.resolve_key:
+            if record.get("kind") != op.kind or record.get("request") != _resolve_fingerprint(op):
+                raise Conflict(
+                    f"idempotency key {op.idempotency_key!r} was used for a different request",
+                    code="idempotency_mismatch",
+                )
+            if op.kind == "commit":
+                return CommitResult.from_record(reservation.id, record)
+            return ReleaseResult(reservation.id, "released", record["released"])
+        if reservation.status is Status.EXPIRED:
+            if op.kind == "commit":
+                return self._commit_late(reservation, op)
+            raise Conflict(
+                f"reservation {reservation.id} expired at its lease deadline",
+                code="expired",
+                details={"lease_expires_at_us": reservation.lease_expires_at_us},
+            )
+        code = "already_committed" if reservation.status is Status.COMMITTED else "already_released"
+        raise Conflict(
+            f"reservation {reservation.id} is {reservation.status.value} already",
+            code=code,
+            details={"status": reservation.status.value},
+        )
+
+    def _check_actuals(self, reservation: Reservation, op: Resolve) -> dict[str, int]:
+        actuals = dict(reservation.amounts)
+        for meter, amount in (op.amounts or {}).items():
+            if meter not in reservation.amounts:
+                raise InvalidRequest(
+                    f"amounts.{meter}: the reservation held no {meter}; report it as usage instead",
+                    code="meter_not_held",
+                    field=f"amounts.{meter}",
+                )
+            actuals[meter] = amount
+        return actuals
+
+    def _commit(self, reservation: Reservation, op: Resolve) -> CommitResult:
+        actuals = self._check_actuals(reservation, op)
+        postings, committed, overrun = self._post_actuals(reservation, actuals, is_releasing=True)
+        released = {meter: max(0, held - actuals[meter]) for meter, held in reservation.amounts.items()}
+        result = CommitResult(reservation.id, "committed", committed, released, overrun)
+        self._finish(reservation, Status.COMMITTED, op, result.to_record())
+        detail: dict[str, Any] = {"amounts": actuals, "outcome": op.outcome}
+        if overrun:
+            detail["overrun"] = overrun
+        self._entry(EntryKind.COMMIT, reservation, postings, detail)
+        return result
+
+    def _commit_late(self, reservation: Reservation, op: Resolve) -> CommitResult:
+        """The hold expired but the work happened: count it now, as usage that was never held."""
+        actuals = self._check_actuals(reservation, op)
+        postings, committed, overrun = self._post_actuals(reservation, actuals, is_releasing=False)
+        result = CommitResult(reservation.id, "committed", committed, {}, overrun, is_late=True)
+        self._finish(reservation, Status.COMMITTED, op, result.to_record())
+        reservation.was_expired = True
+        detail: dict[str, Any] = {"amounts": actuals, "outcome": op.outcome, "late": True}
+        if overrun:
+            detail["overrun"] = overrun
+        self._entry(EntryKind.LATE_COMMIT, reservation, postings, detail)
+        return result
+
+    def _post_actuals(
+        self, reservation: Reservation, actuals: dict[str, int], *, is_releasing: bool
+    ) -> tuple[list[Posting], dict[str, int], dict[str, int]]:
+        """Count a commit's actuals on each budget it held on; release the holds first if still live.
+
+        Returns the postings (one per budget), what was committed per meter and the overrun per
+        meter (the largest over that meter's budgets).
+        """
+        postings: list[Posting] = []
+        committed: dict[str, int] = {}
+        overrun: dict[str, int] = {}
+        for part in reservation.parts:
+            counter = self.counters[(part.budget_id, part.instance)]
+            budget = self.tenant.budget(part.budget_id)
+            released = self._release_part(budget, counter, part) if is_releasing else None
+            if budget is None:
+                if released is not None:
+                    postings.append(released)
+                continue  # the budget was removed from the config: its hold is released, nothing counted
+            meter = budget.meter.name
+            posting = post_usage(budget, counter, self.now_us, actuals.get(meter, 0), part.entities)
+            if released is not None:
+                posting.held = released.held  # one posting per budget: the hold goes, the usage comes
+            postings.append(posting)
+            if budget.meter.is_distinct:
+                committed[meter] = max(committed.get(meter, 0), posting.used)
+            else:
+                committed[meter] = actuals[meter]
+            if posting.overrun:
+                overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
+        return postings, committed, overrun
+
+    def _release(self, reservation: Reservation, op: Resolve) -> ReleaseResult:
+        postings = [
+            self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
+            for part in reservation.parts
+        ]
+        result = ReleaseResult(reservation.id, "released", dict(reservation.amounts))
+        self._finish(reservation, Status.RELEASED, op, result.to_record())
+        self._entry(EntryKind.RELEASE, reservation, postings, {})
+        return result
+
+    def _expire(self, reservation: Reservation) -> None:
+        postings = [
+            self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
+            for part in reservation.parts
+        ]
+        reservation.status = Status.EXPIRED
+        reservation.resolved_at_us = self.now_us
+        self.expired_ids.add(reservation.id)
+        self._changed(reservation)
+        self._entry(EntryKind.EXPIRE, reservation, postings, {"lease_expires_at_us": reservation.lease_expires_at_us})
+
+    def _release_part(self, budget: Budget | None, counter: Counter, part: HoldPart) -> Posting:
+        if budget is None:
+            counter.held -= part.amount
+            counter.is_dirty = True
+            return Posting(part.budget_id, part.instance, counter.window_start, held=-part.amount)
+        return release_hold(budget, counter, part, self.now_us)
+
+    def _finish(self, reservation: Reservation, status: Status, op: Resolve, record: dict[str, Any]) -> None:
+        reservation.status = status
+        reservation.resolved_at_us = self.now_us
+        if op.idempotency_key is not None:
+            record["request"] = _resolve_fingerprint(op)
+        reservation.result = record
+        reservation.resolve_key = op.idempotency_key
+        self._changed(reservation)
+
+    def _changed(self, reservation: Reservation) -> None:
+        if reservation.id in self.touched_reservations:
+            return
+        self.touched_reservations.add(reservation.id)
+        self.write.changed_reservations.append(reservation)
+
+    def _entry(
+        self, kind: EntryKind, reservation: Reservation, postings: list[Posting], detail: dict[str, Any]
+    ) -> None:
+        self.write.entries.append(
+            LedgerEntry(
+                kind,
+                reservation.tenant_id,
+                self.now_us,
+                reservation.id,
+                reservation.agent,
+                reservation.action,
+                postings,
+                detail,
+            )
+        )
+
+
+def _resolve_fingerprint(op: Resolve) -> str:
+    """What a retried commit or release must repeat exactly to get the first answer back."""
+    amounts = sorted(op.amounts.items()) if op.amounts is not None else None
+    return hashlib.sha256(orjson.dumps([op.kind, amounts, op.outcome])).hexdigest()[:32]
+
+
+def _usage_to_record(result: Decision | UsageResult) -> dict[str, Any]:
+    usage = expect_result(result, UsageResult)
+    decision = decision_to_record(Decision(Outcome.ALLOW, usage.budgets))
+    return {"budgets": decision["budgets"], "overrun": usage.overrun}
+
+
+def _usage_from_record(record: dict[str, Any]) -> UsageResult:
+    decision = decision_from_record(
+        {
+            **record,
+            "outcome": "allow",
+            "reasons": [],
+            "reservation_id": None,
+            "lease_expires_at_us": None,
+            "retry_after_seconds": None,
+        }
+    )
+    return UsageResult(decision.budgets, record["overrun"])
