@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from remit.domain.decisions import Decision
 from remit.engine import ActionInput, Engine, Operation, Result, expect_result
-from remit.errors import Overloaded
+from remit.errors import Overloaded, batch_failure
 from remit.limits import LEASE_SECONDS_DEFAULT, QUEUE_LENGTH_MAX
 from remit.results import CommitResult, ExtendResult, ReleaseResult, UsageResult
 
@@ -48,10 +48,10 @@ class AsyncBatcher:
                 batch, self._pending = self._pending[:size], self._pending[size:]
                 try:
                     results = await loop.run_in_executor(self._executor, self.engine.execute, [op for op, _ in batch])
-                except Exception as error:  # every caller of the failed batch gets the error
+                except Exception as error:  # every caller of the failed batch hears of it
                     for _, future in batch:
                         if not future.done():
-                            future.set_exception(error)
+                            future.set_exception(batch_failure(error))
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
                     if future.done():  # the caller was cancelled; its hold expires with its lease

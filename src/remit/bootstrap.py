@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import gc
+import re
 from pathlib import Path
 
 from remit.engine import Clock, Engine, system_clock
-from remit.errors import InvalidRequest
+from remit.errors import InvalidRequest, Unavailable
 from remit.store.base import Store
 
 DEFAULT_DATABASE_URL = "sqlite:///remit.db"
@@ -18,7 +19,10 @@ def open_store(database_url: str = DEFAULT_DATABASE_URL, *, migrate: bool = True
     if database_url.startswith(("postgresql://", "postgres://")):
         from remit.store.postgres import PostgresStore
 
-        store = PostgresStore(database_url)
+        try:
+            store = PostgresStore(database_url)
+        except Exception as error:
+            raise Unavailable(f"cannot open {redact(database_url)}: {_first_line(error)}") from error
     elif database_url.startswith("sqlite:///") or "://" not in database_url:
         from remit.store.sqlite import SqliteStore
 
@@ -30,8 +34,22 @@ def open_store(database_url: str = DEFAULT_DATABASE_URL, *, migrate: bool = True
             code="invalid_database_url",
         )
     if migrate:
-        store.migrate()
+        try:
+            store.migrate()
+        except Exception as error:
+            store.close()
+            raise Unavailable(f"cannot open {redact(database_url)}: {_first_line(error)}") from error
     return store
+
+
+def redact(database_url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", database_url)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 GC_THRESHOLDS = (50_000, 50, 100)

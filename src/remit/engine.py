@@ -30,7 +30,7 @@ from remit.domain.decisions import Decision
 from remit.domain.ledger import EntryKind, LedgerEntry, rebuild_counters
 from remit.domain.tenant import TenantConfig
 from remit.domain.windows import BoundsCache, rolling_floor
-from remit.errors import NotFound, Overloaded, RemitError
+from remit.errors import NotFound, Overloaded, RemitError, batch_failure
 from remit.limits import BATCH_SIZE_MAX, EXPIRY_BATCH_SIZE_MAX, LEASE_SECONDS_DEFAULT, QUEUE_LENGTH_MAX
 from remit.operations import (
     ActionInput,
@@ -263,7 +263,7 @@ class Engine:
             try:
                 results = self.execute([waiter.operation for waiter in batch])
             except BaseException as error:  # every waiter must hear of the failure, then it propagates
-                results = [error] * len(batch)
+                results = [batch_failure(error) for _ in batch]
             for waiter, result in zip(batch, results, strict=True):
                 if isinstance(result, BaseException):
                     waiter.error = result
@@ -295,7 +295,7 @@ class Engine:
 
     def _is_retryable(self, error: Exception) -> bool:
         name = type(error).__name__
-        if name in {"DeadlockDetected", "SerializationFailure", "LockNotAvailable", "UniqueViolation"}:
+        if name in {"DeadlockDetected", "SerializationFailure", "LockNotAvailable"}:
             return True
         return name == "OperationalError" and "locked" in str(error)
 

@@ -61,6 +61,25 @@ class Overloaded(RemitError):
     code = "overloaded"
 
 
+class Unavailable(RemitError):
+    """The store failed while deciding a batch; nothing of the batch was written. Retry."""
+
+    code = "unavailable"
+
+
+def batch_failure(error: BaseException) -> BaseException:
+    """What one caller of a failed batch is told: its own exception, caused by the store's.
+
+    Every caller gets a fresh object, so tracebacks raised in many threads never pile onto
+    one shared exception. Remit's own errors (an invariant violation) pass through as they are.
+    """
+    if isinstance(error, RemitError) or not isinstance(error, Exception):
+        return error
+    failure = Unavailable(f"the batch could not be decided: {type(error).__name__}: {error}")
+    failure.__cause__ = error
+    return failure
+
+
 class InvariantViolation(RemitError):
     """A check that guards money failed. The transaction that found it is rolled back."""
 
