@@ -72,10 +72,14 @@ class TenantBatch:
     def run(self, items: list[tuple[int, Operation]], results: list[Result | RemitError | BaseException]) -> None:
         tenant_id = self.tenant.tenant_id
         acts = [op for _, op in items if isinstance(op, Act)]
+        for act in acts:  # a retried batch decides afresh, against the config loaded now
+            act.consulted = None
+            act.problem = None
         resolves = [op for _, op in items if isinstance(op, Resolve)]
         keys = [op.idempotency_key for op in acts if op.idempotency_key]
         for key, (fingerprint, response) in self.tx.claim_idempotency(tenant_id, keys, self.now_us).items():
-            self.answered_keys[key] = (fingerprint, orjson.loads(response))
+            if response is not None:
+                self.answered_keys[key] = (fingerprint, orjson.loads(response))
         self._lock_reservations(resolves)
         self._lock_counters(acts)
         for rid in self.due_ids:
@@ -92,6 +96,8 @@ class TenantBatch:
                 if isinstance(error, InvariantViolation):
                     raise
                 results[index] = error
+                if isinstance(operation, Act) and operation.idempotency_key not in (None, *self.answered_keys):
+                    self.write.unclaimed.append(operation.idempotency_key or "")
         self.write.counters = [counter for counter in self.counters.values() if counter.is_dirty]
         self.tx.write(tenant_id, self.write)
 
@@ -126,19 +132,42 @@ class TenantBatch:
             self.reservations.update(self.tx.lock_reservations(self.tenant.tenant_id, missing))
 
     def _consulted_budgets(self, act: Act) -> list[tuple[Budget, str]]:
+        """The budgets (and instances) `act` is decided against, under the config this batch loaded.
+
+        The request was validated against the config its process knew then; another process may
+        have changed it since. What no longer holds is recorded as the request's problem, and the
+        request is refused when its turn comes.
+        """
         if act.consulted is not None:
             return act.consulted
+        act.consulted = []
+        agent = self.tenant.agents.get(act.agent.name)
+        if agent is None:
+            act.problem = InvalidRequest(
+                f"agent {act.agent.name!r} is not configured", code="unknown_agent", field="agent"
+            )
+            return act.consulted
+        missing = [name for name in (*act.amounts, *act.touches) if name not in self.tenant.meters]
+        if missing:
+            where = f"amounts.{missing[0]}" if missing[0] in act.amounts else f"touches.{missing[0]}"
+            act.problem = InvalidRequest(
+                f"{where}: meter {missing[0]!r} does not exist", code="unknown_meter", field=where
+            )
+            return act.consulted
         chosen = []
-        for budget in self.tenant.budgets_on_path(act.agent, act.action):
+        for budget in self.tenant.budgets_on_path(agent, act.action):
             meter = budget.meter.name
             if meter not in act.amounts and meter not in act.touches:
                 continue
-            if budget.is_per_task:
-                if act.task is None:
-                    continue
-                chosen.append((budget, act.task))
-            else:
+            if not budget.is_per_task:
                 chosen.append((budget, ""))
+            elif act.task is not None:
+                chosen.append((budget, act.task))
+            else:  # a per-task cap must not fail open for work that names no task
+                act.problem = InvalidRequest(
+                    f"task is required: budget {budget.id} limits each task", code="task_required", field="task"
+                )
+                return act.consulted
         act.consulted = chosen
         return chosen
 
@@ -186,6 +215,9 @@ class TenantBatch:
             if act.is_usage:
                 return _usage_from_record(record)
             return decision_from_record(record)
+        self._consulted_budgets(act)
+        if act.problem is not None:
+            raise act.problem
         consulted = [
             Consulted(budget, self.counters[(budget.id, instance)]) for budget, instance in self._consulted_budgets(act)
         ]

@@ -75,7 +75,8 @@ class AgentDoc(_Model):
 
 
 class TenantDoc(_Model):
-    timezone: str = "UTC"
+    timezone: str | None = None
+    """IANA zone of calendar windows; left out, the tenant keeps the zone it was created with."""
     name: str | None = None
     budgets: list[BudgetDoc] = pydantic.Field(default_factory=list)
 
@@ -91,7 +92,7 @@ class ConfigDoc(_Model):
 class ParsedConfig:
     document: dict[str, Any]
     """The validated document with defaults filled in: what is stored and compared."""
-    timezone: str
+    timezone: str | None
 
 
 def _path_text(location: tuple[int | str, ...]) -> str:
@@ -133,19 +134,77 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 def parse_document(document: Mapping[str, Any], *, source: str = "<config>") -> ParsedConfig:
     """Validate a config document; raise ConfigError listing every problem with its path."""
+    if not isinstance(document, Mapping):
+        raise ConfigError(
+            f"{source}: the document must be a mapping", [{"path": "(document)", "message": "not a mapping"}]
+        )
     try:
         model = ConfigDoc.model_validate(dict(document))
     except pydantic.ValidationError as error:
         found = [{"path": _path_text(tuple(e["loc"])), "message": e["msg"]} for e in error.errors()]
-        raise _config_error(source, found) from None
+        raise config_error(source, found) from None
     problems: list[dict[str, str]] = []
     _check(model, problems)
     if problems:
-        raise _config_error(source, problems)
+        raise config_error(source, problems)
     return ParsedConfig(model.model_dump(mode="json"), model.tenant.timezone)
 
 
-def _config_error(source: str, problems: list[dict[str, str]]) -> ConfigError:
+def with_timezone(parsed: ParsedConfig, timezone: str) -> ParsedConfig:
+    """The document with the tenant's zone filled in where it left it out."""
+    if parsed.timezone is not None:
+        return parsed
+    document = {**parsed.document, "tenant": {**parsed.document["tenant"], "timezone": timezone}}
+    return ParsedConfig(document, timezone)
+
+
+def transition_problems(old: TenantConfig, new: TenantConfig, *, has_usage: bool) -> list[dict[str, str]]:
+    """What a new config may not change about the one in force, because counters depend on it.
+
+    A meter's kind and scale give its counters their meaning (a scale change would read cents as
+    micro-dollars); a budget id keeps its counters, so it cannot move to another meter, window or
+    per-task split; and calendar windows are cut in the tenant's zone, so the zone cannot move
+    while any budget has usage or holds.
+    """
+    problems = []
+    for name, meter in new.meters.items():
+        before = old.meters.get(name)
+        if before is not None and (before.kind, before.scale) != (meter.kind, meter.scale):
+            problems.append(
+                {
+                    "path": f"meters.{name}",
+                    "message": f"a meter's kind and scale cannot change ({before.kind.value}, scale {before.scale} → "
+                    f"{meter.kind.value}, scale {meter.scale}); declare a new meter instead",
+                }
+            )
+    for budget in new.budgets:
+        before_budget = old.budget(budget.id)
+        if before_budget is None:
+            continue
+        if (before_budget.meter.name, before_budget.window, before_budget.is_per_task) != (
+            budget.meter.name,
+            budget.window,
+            budget.is_per_task,
+        ):
+            problems.append(
+                {
+                    "path": f"budget {budget.id}",
+                    "message": "a budget id keeps its counters: it cannot move to another meter, window or per-task "
+                    "split; give the budget a new id",
+                }
+            )
+    if has_usage and old.timezone.key != new.timezone.key:
+        problems.append(
+            {
+                "path": "tenant.timezone",
+                "message": f"the time zone cannot change from {old.timezone.key} to {new.timezone.key} while budgets "
+                "have usage or holds in their current windows",
+            }
+        )
+    return problems
+
+
+def config_error(source: str, problems: list[dict[str, str]]) -> ConfigError:
     first = problems[0]
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return ConfigError(f"{source}: {first['path']}: {first['message']}{more}", problems)
@@ -156,7 +215,8 @@ def _check(model: ConfigDoc, problems: list[dict[str, str]]) -> None:
         problems.append({"path": path, "message": message})
 
     try:
-        ZoneInfo(model.tenant.timezone)
+        if model.tenant.timezone is not None:
+            ZoneInfo(model.tenant.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         problem("tenant.timezone", f"unknown IANA time zone {model.tenant.timezone!r}")
     for name, meter in model.meters.items():
@@ -230,7 +290,7 @@ def _check_budget(
     seen[budget_id] = where
 
 
-def build_tenant(tenant_id: str, document: Mapping[str, Any], version: int) -> TenantConfig:
+def build_tenant(tenant_id: str, document: Mapping[str, Any], version: int, *, timezone: str = "UTC") -> TenantConfig:
     """Turn a validated (stored) document into the engine's TenantConfig."""
     model = ConfigDoc.model_validate(dict(document))
     meters = {name: Meter(name, MeterKind(meter.kind), meter.scale) for name, meter in model.meters.items()}
@@ -261,4 +321,6 @@ def build_tenant(tenant_id: str, document: Mapping[str, Any], version: int) -> T
                     is_per_task=is_per_task,
                 )
             )
-    return TenantConfig(tenant_id, ZoneInfo(model.tenant.timezone), meters, scopes, budgets, agents, version)
+    return TenantConfig(
+        tenant_id, ZoneInfo(model.tenant.timezone or timezone), meters, scopes, budgets, agents, version
+    )

@@ -30,7 +30,7 @@ from remit.domain.decisions import Decision
 from remit.domain.ledger import EntryKind, LedgerEntry, rebuild_counters
 from remit.domain.tenant import TenantConfig
 from remit.domain.windows import BoundsCache, rolling_floor
-from remit.errors import NotFound, Overloaded, RemitError, batch_failure
+from remit.errors import InvalidRequest, NotFound, Overloaded, RemitError, batch_failure
 from remit.limits import BATCH_SIZE_MAX, EXPIRY_BATCH_SIZE_MAX, LEASE_SECONDS_DEFAULT, QUEUE_LENGTH_MAX
 from remit.operations import (
     ActionInput,
@@ -107,14 +107,26 @@ class Engine:
         for _ in range(BATCH_ATTEMPTS_MAX):
             try:
                 with self.store.transaction() as tx:
+                    # The tenant lock orders this change with every batch of the tenant.
+                    if tenant_id not in tx.lock_tenants([tenant_id]):
+                        raise NotFound(f"tenant {tenant_id!r} does not exist")
                     row = tx.load_tenant(tenant_id)
                     if row is None:
                         raise NotFound(f"tenant {tenant_id!r} does not exist")
-                    canonical = dumps(parsed.document)
-                    if row.config == canonical and row.timezone == parsed.timezone:
+                    effective = config_io.with_timezone(parsed, row.timezone)
+                    canonical = dumps(effective.document)
+                    if row.config == canonical:
                         return self._load_tenant(tx, tenant_id)  # unchanged: nothing to apply or record
-                    version = tx.save_config(tenant_id, parsed.timezone, canonical)
-                    tenant = config_io.build_tenant(tenant_id, parsed.document, version)
+                    tenant = config_io.build_tenant(tenant_id, effective.document, row.config_version + 1)
+                    old = config_io.build_tenant(
+                        tenant_id, orjson.loads(row.config), row.config_version, timezone=row.timezone
+                    )
+                    has_usage = any(c.used or c.held for c in tx.all_counters(tenant_id).values())
+                    problems = config_io.transition_problems(old, tenant, has_usage=has_usage)
+                    if problems:
+                        raise config_io.config_error(source, problems)
+                    version = tx.save_config(tenant_id, tenant.timezone.key, canonical)
+                    tenant.version = version
                     tx.lock_counters(tenant_id, [(b.id, "") for b in tenant.budgets if not b.is_per_task])
                     entry = LedgerEntry(
                         EntryKind.CONFIG,
@@ -144,7 +156,7 @@ class Engine:
         row = tx.load_tenant(tenant_id)
         if row is None:
             raise NotFound(f"tenant {tenant_id!r} does not exist")
-        tenant = config_io.build_tenant(tenant_id, orjson.loads(row.config), row.config_version)
+        tenant = config_io.build_tenant(tenant_id, orjson.loads(row.config), row.config_version, timezone=row.timezone)
         self._configs[tenant_id] = tenant
         return tenant
 
@@ -182,10 +194,24 @@ class Engine:
 
     # -- operations: validated requests, ready for a batch (the async front submits these too) --
     def authorize_operation(self, tenant_id: str, request: ActionInput) -> Operation:
-        return parse_act(self.tenant_config(tenant_id), request, is_usage=False)
+        return self._parse_act(tenant_id, request, is_usage=False)
 
     def usage_operation(self, tenant_id: str, request: ActionInput) -> Operation:
-        return parse_act(self.tenant_config(tenant_id), request, is_usage=True)
+        return self._parse_act(tenant_id, request, is_usage=True)
+
+    def _parse_act(self, tenant_id: str, request: ActionInput, *, is_usage: bool) -> Operation:
+        tenant = self.tenant_config(check_name(tenant_id, "tenant"))
+        try:
+            return parse_act(tenant, request, is_usage=is_usage)
+        except InvalidRequest as error:
+            if error.code not in {"unknown_agent", "unknown_meter"}:
+                raise
+            # Another process may have added the agent or meter: look once more, from the store.
+            with self.store.transaction() as tx:
+                fresh = self._load_tenant(tx, tenant_id)
+            if fresh.version == tenant.version:
+                raise
+            return parse_act(fresh, request, is_usage=is_usage)
 
     def commit_operation(
         self,
@@ -196,13 +222,14 @@ class Engine:
         outcome: str = "success",
         idempotency_key: str | None = None,
     ) -> Operation:
-        parsed = None if amounts is None else parse_amounts(self.tenant_config(tenant_id), amounts, "amounts")
+        tenant = self.tenant_config(check_name(tenant_id, "tenant"))
+        parsed = None if amounts is None else parse_amounts(tenant, amounts, "amounts")
         return Resolve(
             tenant_id,
             "commit",
             check_name(reservation_id, "reservation"),
             parsed,
-            outcome,
+            check_name(outcome, "outcome"),
             check_key(idempotency_key),
         )
 
@@ -210,7 +237,7 @@ class Engine:
         self, tenant_id: str, reservation_id: str, *, idempotency_key: str | None = None
     ) -> Operation:
         return Resolve(
-            tenant_id,
+            check_name(tenant_id, "tenant"),
             "release",
             check_name(reservation_id, "reservation"),
             idempotency_key=check_key(idempotency_key),
@@ -219,7 +246,12 @@ class Engine:
     def extend_operation(
         self, tenant_id: str, reservation_id: str, lease_seconds: int = LEASE_SECONDS_DEFAULT
     ) -> Operation:
-        return Resolve(tenant_id, "extend", check_name(reservation_id, "reservation"), lease_us=lease_us(lease_seconds))
+        return Resolve(
+            check_name(tenant_id, "tenant"),
+            "extend",
+            check_name(reservation_id, "reservation"),
+            lease_us=lease_us(lease_seconds),
+        )
 
     def expire_holds(self, limit: int = EXPIRY_BATCH_SIZE_MAX) -> int:
         """Expire holds whose lease has run out; returns how many. Safe to run in every process."""
@@ -318,11 +350,13 @@ class Engine:
     def _execute_locked(
         self, operations: Sequence[Operation], by_tenant: dict[str, list[int]]
     ) -> list[Result | RemitError | BaseException]:
-        now_us = self.clock()
         results: list[Result | RemitError | BaseException] = [None] * len(operations)
         done: list[tuple[TenantBatch, int]] = []
         with self.store.transaction() as tx:
             locked = tx.lock_tenants(list(by_tenant))
+            # Read after the tenant locks: a batch that waited for another writer decides at the
+            # time it runs, not the time it started waiting.
+            now_us = self.clock()
             for tenant_id in sorted(by_tenant):
                 indexes = by_tenant[tenant_id]
                 if tenant_id not in locked:

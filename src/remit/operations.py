@@ -69,6 +69,8 @@ class Act:
     is_usage: bool = False
     consulted: list[tuple[Budget, str]] | None = None
     """The budgets (and instances) this request consults, once the batch has worked them out."""
+    problem: InvalidRequest | None = None
+    """Why the batch's config refuses the request (an agent or meter gone, a task missing)."""
 
 
 @dataclass(slots=True)

@@ -9,7 +9,8 @@ Semantics modelled (each is a rule a reader can check against the docs):
 - Amounts are decimal strings rounded *up* to the meter's scale; limits are exact.
 - A request consults every budget on the agent's path (`<scope>/agent:<name>` up to `/`)
   whose action glob selects the action and whose meter the request names; per-task budgets
-  only when a task is given (one instance per task id).
+  one instance per task id; a request they apply to that names no task is refused
+  (`task_required`) before anything is decided.
 - A sum meter asks for its amount; a distinct meter asks one unit per touched entity not yet
   counted in the budget's current window.
 - Authorize denies when an enforced budget refuses (per-action maximum, more than the whole
@@ -362,6 +363,25 @@ class Model:
                 overrun[spec.meter] = max(overrun.get(spec.meter, 0), over)
         reports = {spec.id: self._report(spec, key, now_us, requested[spec.id]) for spec, key in consulted}
         return reports, overrun
+
+    def problem(self, request: Mapping[str, Any]) -> str | None:
+        """Why a request is refused before it is decided: a per-task budget applies, no task is named."""
+        if request["task"] is not None:
+            return None
+        path = _path_up(_agent_scope(self.agents[request["agent"]], request["agent"]))
+        for spec in self.specs:
+            if not spec.is_per_task or spec.scope not in path:
+                continue
+            if not fnmatch.fnmatchcase(request["action"], spec.actions):
+                continue
+            if spec.meter in request["amounts"] or spec.meter in request["touches"]:
+                return "task_required"
+        return None
+
+    def forget(self, key: str | None) -> None:
+        """A refused request's key was never used."""
+        if key is not None:
+            self.answered.pop(key, None)
 
     def is_replay(self, key: str | None, fingerprint: tuple[Any, ...]) -> bool | None:
         """True: answer from the first request; False: a new key (now claimed); None: key reused for another request."""

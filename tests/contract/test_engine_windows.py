@@ -16,7 +16,7 @@ from conftest import FakeClock, allowed, assert_consistent, config
 from remit.domain.decisions import Decision, Outcome, ReasonCode
 from remit.domain.ledger import EntryKind
 from remit.engine import ActionInput, Engine
-from remit.errors import Conflict
+from remit.errors import Conflict, InvalidRequest
 from remit.store.base import Store
 
 US = 1_000_000
@@ -339,13 +339,16 @@ def test_each_task_gets_its_own_counter(engine: Engine, store: Store) -> None:
     assert_consistent(engine)
 
 
-def test_a_request_without_a_task_does_not_consult_per_task_budgets(engine: Engine, store: Store) -> None:
-    decision = engine.authorize("t1", tokens("250000"))  # more than any one task may use
-
-    allowed(decision)
-    assert [b.budget for b in decision.budgets] == [SUPPORT_TOKENS_DAY]
+def test_a_request_without_a_task_is_refused_where_a_per_task_budget_applies(engine: Engine, store: Store) -> None:
+    """A per-task cap must not fail open: work that names no task cannot slip past it."""
+    before = counter(store, SUPPORT_TOKENS_DAY)
+    with pytest.raises(InvalidRequest) as caught:
+        engine.authorize("t1", tokens("250000"))  # more than any one task may use
+    assert caught.value.code == "task_required"
+    assert caught.value.field == "task"
+    assert TASK_TOKENS in caught.value.message
     with store.transaction() as tx:
         per_task = [key for key in tx.all_counters("t1") if key[0] == TASK_TOKENS]
     assert per_task == []
-    assert counter(store, SUPPORT_TOKENS_DAY) == (0, 250000, 0)
+    assert counter(store, SUPPORT_TOKENS_DAY) == before
     assert_consistent(engine)

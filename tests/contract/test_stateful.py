@@ -373,6 +373,13 @@ class LedgerMachine(RuleBasedStateMachine):
             assert isinstance(answer, RemitError), answer
             assert answer.code == "idempotency_mismatch"
             return
+        problem = None if replay else self.m.problem(call.request)
+        if problem is not None:
+            assert isinstance(answer, RemitError), answer
+            assert answer.code == problem
+            self.m.forget(call.key)
+            self.m.expire_holds(self.now_us)  # the batch still expired the tenant's overdue holds
+            return
         assert not isinstance(answer, RemitError), answer
         if replay:
             assert call.key is not None

@@ -97,8 +97,10 @@ def test_the_conftest_document_is_valid() -> None:
 
 def test_empty_document_is_an_empty_config() -> None:
     parsed = parse_document({}, source=SOURCE)
-    assert parsed.timezone == "UTC"
-    assert build_tenant("t", parsed.document, version=1).budgets == []
+    assert parsed.timezone is None  # left out: the tenant keeps the zone it was created with
+    tenant = build_tenant("t", parsed.document, version=1, timezone="Europe/Paris")
+    assert tenant.budgets == []
+    assert tenant.timezone.key == "Europe/Paris"
 
 
 # -- each mistake, with its path ------------------------------------------------------------------

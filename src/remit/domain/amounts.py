@@ -34,6 +34,9 @@ class Meter:
         object.__setattr__(self, "is_distinct", self.kind is MeterKind.DISTINCT)
 
 
+_INT_BITS_MAX = 4 * AMOUNT_TEXT_LENGTH_MAX
+_MAGNITUDE_DIGITS_MAX = 30
+"""No amount or limit in any unit reaches 10**30: larger exponents are refused outright."""
 _CONTEXT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Overflow])
 
 
@@ -44,15 +47,23 @@ def _to_decimal(text: object, field: str) -> decimal.Decimal:
             code="invalid_amount",
             field=field,
         )
+    if isinstance(text, int) and text.bit_length() > _INT_BITS_MAX:
+        raise InvalidRequest(f"{field}: amount is too long", code="invalid_amount", field=field)
     raw = str(text).strip()
     if not raw or len(raw) > AMOUNT_TEXT_LENGTH_MAX:
         raise InvalidRequest(f"{field}: amount {raw!r} is empty or too long", code="invalid_amount", field=field)
     try:
-        value = _CONTEXT.create_decimal(raw)
+        value = decimal.Decimal(raw)  # exact, whatever its exponent: checked below before any arithmetic
     except decimal.DecimalException:
         raise InvalidRequest(f"{field}: {raw!r} is not a decimal number", code="invalid_amount", field=field) from None
     if not value.is_finite():
         raise InvalidRequest(f"{field}: {raw!r} is not a finite number", code="invalid_amount", field=field)
+    if value and value.adjusted() > _MAGNITUDE_DIGITS_MAX:
+        # Refused before any arithmetic: "9E+999999" would overflow scaling, not just the maximum.
+        raise InvalidRequest(f"{field}: amount {raw!r} is too large", code="amount_too_large", field=field)
+    if value and value.adjusted() < -_MAGNITUDE_DIGITS_MAX:
+        # "1E-9999999" would underflow to zero: a free action. No unit is that fine.
+        raise InvalidRequest(f"{field}: amount {raw!r} is too small to count", code="invalid_amount", field=field)
     return value
 
 

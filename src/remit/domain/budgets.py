@@ -89,11 +89,27 @@ class Counter:
     """Calendar windows: when the current window ends (None for total), set by `advance`."""
 
     def advance(self, budget: Budget, now_us: int, tz: ZoneInfo, cache: BoundsCache) -> None:
-        """Move a calendar counter into the window containing `now_us`, dropping the old usage."""
+        """Move a calendar counter into the window containing `now_us`, dropping the old usage.
+
+        Only ever forwards: a process whose clock is behind the window another process already
+        moved to posts into that later window, instead of reopening an earlier one with its
+        usage wiped (two processes around an hour boundary would each get a fresh hour).
+        Rolling windows forget the buckets that have left them, so their cost stays bounded.
+        """
         if budget.is_rolling:
-            self.bucket_floor = rolling_floor(budget.window, now_us)
+            floor = rolling_floor(budget.window, now_us)
+            if floor > self.bucket_floor:
+                self.bucket_floor = floor
+                for start in [start for start in self.buckets if start < floor]:
+                    del self.buckets[start]
+                for start in [start for start in self.overrun_buckets if start < floor]:
+                    del self.overrun_buckets[start]
             return
-        start, self.window_end = cache.bounds(budget.window, now_us, tz)
+        start, end = cache.bounds(budget.window, now_us, tz)
+        if start < self.window_start:
+            self.window_end = cache.bounds(budget.window, self.window_start, tz)[1]
+            return
+        self.window_end = end
         if start != self.window_start:
             self.window_start = start
             self.used = 0

@@ -50,6 +50,8 @@ class BatchWrite:
     entries: list[LedgerEntry] = field(default_factory=list)
     idempotency: list[tuple[str, str, str]] = field(default_factory=list)
     """(key, fingerprint, response JSON)."""
+    unclaimed: list[str] = field(default_factory=list)
+    """Idempotency keys claimed by requests that were refused: their claims are withdrawn."""
     write_seq: int | None = None
     """The tenant's new write sequence (see `lock_tenants`); None leaves it as it is."""
 
@@ -320,6 +322,8 @@ class Transaction(abc.ABC):
                     for e in batch.entries
                 ],
             )
+        if batch.unclaimed:
+            self._execute_many("withdraw_claim", [(tenant_id, key) for key in batch.unclaimed])
         if batch.idempotency:
             now_us = batch.entries[-1].at_us if batch.entries else 0
             self._execute_many(

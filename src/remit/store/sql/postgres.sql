@@ -127,7 +127,11 @@ ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING idempotency_key;
 
 -- name: claim_idempotency
 SELECT idempotency_key, fingerprint, response FROM idempotency
-WHERE tenant_id = %s AND idempotency_key = ANY(%s) ;
+WHERE tenant_id = %s AND idempotency_key = ANY(%s) ORDER BY idempotency_key FOR UPDATE;
+
+-- name: withdraw_claim
+DELETE FROM idempotency AS i USING unnest(%b::text[], %b::text[]) AS u(t, k)
+WHERE i.tenant_id = u.t AND i.idempotency_key = u.k AND i.response IS NULL;
 
 -- name: insert_idempotency
 INSERT INTO idempotency (tenant_id, idempotency_key, fingerprint, response, created_at_us)

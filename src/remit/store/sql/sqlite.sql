@@ -114,6 +114,9 @@ ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING idempotency_key;
 SELECT idempotency_key, fingerprint, response FROM idempotency
 WHERE tenant_id = ? AND idempotency_key IN (SELECT value FROM json_each(?));
 
+-- name: withdraw_claim
+DELETE FROM idempotency WHERE tenant_id = ? AND idempotency_key = ? AND response IS NULL;
+
 -- name: insert_idempotency
 INSERT INTO idempotency (tenant_id, idempotency_key, fingerprint, response, created_at_us)
 VALUES (?, ?, ?, ?, ?)
