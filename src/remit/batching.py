@@ -28,6 +28,8 @@ class AsyncBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="remit-batch")
         self._idle = asyncio.Event()
         self._idle.set()
+        self._drainer: asyncio.Task[None] | None = None
+        """Held so the running drain task is not garbage-collected mid-batch."""
 
     async def submit(self, operation: Operation) -> Result:
         if len(self._pending) >= QUEUE_LENGTH_MAX:
@@ -37,7 +39,7 @@ class AsyncBatcher:
         if not self._is_draining:
             self._is_draining = True
             self._idle.clear()
-            asyncio.get_running_loop().create_task(self._drain())
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
@@ -48,21 +50,35 @@ class AsyncBatcher:
                 batch, self._pending = self._pending[:size], self._pending[size:]
                 try:
                     results = await loop.run_in_executor(self._executor, self.engine.execute, [op for op, _ in batch])
-                except Exception as error:  # every caller of the failed batch hears of it
+                except BaseException as error:  # every caller of the failed batch hears of it
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(batch_failure(error))
+                    if not isinstance(error, Exception):
+                        raise
                     continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():  # the caller was cancelled; its hold expires with its lease
-                        continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+                self._answer(batch, results)
         finally:
             self._is_draining = False
             self._idle.set()
+
+    def _answer(
+        self, batch: list[tuple[Operation, asyncio.Future[Result]]], results: list[Result | BaseException]
+    ) -> None:
+        for (operation, future), result in zip(batch, results, strict=True):
+            if future.done():
+                # The caller was cancelled while its batch ran. A hold it never heard of would block
+                # room until its lease ran out, so it is released at once (queued like any request).
+                if isinstance(result, Decision) and result.reservation_id is not None:
+                    release = self.engine.release_operation(operation.tenant_id, result.reservation_id)
+                    orphan: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+                    orphan.add_done_callback(_ignore_outcome)
+                    self._pending.append((release, orphan))
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def drain(self) -> None:
         """Wait until every submitted operation has been decided (for graceful shutdown)."""
@@ -104,3 +120,9 @@ class AsyncBatcher:
         return expect_result(
             await self.submit(self.engine.extend_operation(tenant_id, reservation_id, lease_seconds)), ExtendResult
         )
+
+
+def _ignore_outcome(future: asyncio.Future[Result]) -> None:
+    """Retrieve an orphan release's outcome so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()

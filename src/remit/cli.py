@@ -21,6 +21,7 @@ from rich.table import Table
 from remit.bootstrap import DEFAULT_DATABASE_URL, open_engine
 from remit.engine import Engine
 from remit.errors import RemitError
+from remit.limits import EXPIRY_ROUNDS_MAX
 
 app = typer.Typer(
     name="remit",
@@ -168,11 +169,13 @@ def expire(database_url: DatabaseUrl = DEFAULT_DATABASE_URL) -> None:
     """Expire every hold whose lease has run out (servers also do this on their own)."""
     total = 0
     with _engine(database_url) as engine:
-        while True:
+        for _ in range(EXPIRY_ROUNDS_MAX):
             expired = engine.expire_holds()
             total += expired
             if expired == 0:
                 break
+        else:
+            console.print(f"stopped after {EXPIRY_ROUNDS_MAX} rounds; run again for the rest")
     console.print(f"expired {total} holds")
 
 

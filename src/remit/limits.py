@@ -37,6 +37,8 @@ QUEUE_LENGTH_MAX = 100_000
 """Most requests waiting for a batch before callers are told the engine is overloaded."""
 EXPIRY_BATCH_SIZE_MAX = 256
 """Most abandoned holds expired in one batch (the rest wait for the next)."""
+EXPIRY_ROUNDS_MAX = 10_000
+"""Most expiry batches one `remit expire` runs (2.56 million holds)."""
 
 ROLLING_BUCKETS_MAX = 60
 """A rolling window is kept as at most this many buckets."""

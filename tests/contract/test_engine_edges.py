@@ -7,11 +7,13 @@ the store back.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from conftest import FakeClock, allowed, assert_consistent, config
+from remit.batching import AsyncBatcher
 from remit.domain.decisions import Outcome
 from remit.engine import ActionInput, Engine
 from remit.errors import ConfigError, InvalidRequest
@@ -169,3 +171,27 @@ def test_rolling_windows_keep_only_their_own_buckets_however_long_they_run(store
         stored = tx.all_counters("t1")[("ops:usd:rolling:1m", "")]
     assert len(stored.buckets) <= 60
     assert_consistent(engine)
+
+
+def test_a_cancelled_async_caller_does_not_leak_its_hold(store: Store, tenant: Engine) -> None:
+    """An allow whose caller was cancelled mid-batch is released, not left to block room (DESIGN §5)."""
+
+    async def scenario() -> None:
+        batcher = AsyncBatcher(tenant)
+        try:
+            waiting = asyncio.create_task(batcher.authorize("t1", spend("100")))
+            await asyncio.sleep(0)  # submitted; the batch is now running in the worker thread
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await batcher.drain()
+            decision = await batcher.authorize("t1", spend("100"))  # the whole hour is free again
+            assert decision.outcome is Outcome.ALLOW
+        finally:
+            batcher.close()
+
+    asyncio.run(scenario())
+    with store.transaction() as tx:
+        kinds = [entry.kind.value for entry in tx.ledger_entries("t1")]
+    assert kinds[-3:] == ["hold", "release", "hold"]
+    assert_consistent(tenant)

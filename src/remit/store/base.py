@@ -257,13 +257,14 @@ class Transaction(abc.ABC):
         return entries
 
     def ledger_entries(self, tenant_id: str) -> Iterator[LedgerEntry]:
+        """Every entry of the tenant in order, read a page at a time (ends: each page moves `after` on)."""
         after = 0
-        while True:
-            page = self.ledger_page(tenant_id, after, 5000)
+        page_size = 5000
+        while page := self.ledger_page(tenant_id, after, page_size):
             yield from page
-            if len(page) < 5000:
+            if len(page) < page_size or page[-1].id is None or page[-1].id <= after:
                 return
-            after = page[-1].id or 0
+            after = page[-1].id
 
     # -- writing a batch -------------------------------------------------------------------
     def write(self, tenant_id: str, batch: BatchWrite) -> None:
