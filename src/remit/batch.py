@@ -353,9 +353,7 @@ class TenantBatch:
         released = {meter: max(0, held - actuals[meter]) for meter, held in reservation.amounts.items()}
         result = CommitResult(reservation.id, "committed", committed, released, overrun)
         self._finish(reservation, Status.COMMITTED, op, result.to_record())
-        detail: dict[str, Any] = {"amounts": actuals, "outcome": op.outcome}
-        if overrun:
-            detail["overrun"] = overrun
+        detail = self._commit_detail(reservation, actuals, op, overrun)
         self._entry(EntryKind.COMMIT, reservation, postings, detail)
         return result
 
@@ -366,11 +364,28 @@ class TenantBatch:
         result = CommitResult(reservation.id, "committed", committed, {}, overrun, is_late=True)
         self._finish(reservation, Status.COMMITTED, op, result.to_record())
         reservation.was_expired = True
-        detail: dict[str, Any] = {"amounts": actuals, "outcome": op.outcome, "late": True}
-        if overrun:
-            detail["overrun"] = overrun
+        detail = self._commit_detail(reservation, actuals, op, overrun)
+        detail["late"] = True
         self._entry(EntryKind.LATE_COMMIT, reservation, postings, detail)
         return result
+
+    def _commit_detail(
+        self, reservation: Reservation, actuals: dict[str, int], op: Resolve, overrun: dict[str, int]
+    ) -> dict[str, Any]:
+        """The commit's ledger detail; flags every excess (over a limit, over a per-action maximum)."""
+        detail: dict[str, Any] = {"amounts": actuals, "outcome": op.outcome}
+        if overrun:
+            detail["overrun"] = overrun
+        over_max = []
+        for part in reservation.parts:
+            budget = self.tenant.budget(part.budget_id)
+            if budget is None or budget.per_action_max is None or budget.meter.is_distinct:
+                continue
+            if actuals.get(budget.meter.name, 0) > budget.per_action_max:
+                over_max.append(budget.id)
+        if over_max:
+            detail["over_per_action_max"] = over_max
+        return detail
 
     def _post_actuals(
         self, reservation: Reservation, actuals: dict[str, int], *, is_releasing: bool
@@ -399,7 +414,7 @@ class TenantBatch:
             if budget.meter.is_distinct:
                 committed[meter] = max(committed.get(meter, 0), posting.used)
             else:
-                committed[meter] = actuals[meter]
+                committed[meter] = actuals.get(meter, 0)
             if posting.overrun:
                 overrun[meter] = max(overrun.get(meter, 0), posting.overrun)
         return postings, committed, overrun

@@ -280,12 +280,29 @@ class Engine:
                 self._is_leading = True
                 waiter.is_leader = True
         if not waiter.is_leader:
-            waiter.signal.wait()
+            try:
+                waiter.signal.wait()
+            except BaseException:
+                self._abandon(waiter)  # interrupted (KeyboardInterrupt): never leave the lead to nobody
+                raise
         if not waiter.is_finished:
             self._lead(waiter)
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """A waiting thread is leaving: take its request out, and pass the lead on if it had it."""
+        with self._queue_lock:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+            if waiter.is_leader and not waiter.is_finished:
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.is_leader = True
+                    successor.signal.set()
+                else:
+                    self._is_leading = False
 
     def _lead(self, own: _Waiter) -> None:
         while not own.is_finished:

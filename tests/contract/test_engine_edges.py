@@ -195,3 +195,18 @@ def test_a_cancelled_async_caller_does_not_leak_its_hold(store: Store, tenant: E
         kinds = [entry.kind.value for entry in tx.ledger_entries("t1")]
     assert kinds[-3:] == ["hold", "release", "hold"]
     assert_consistent(tenant)
+
+
+def test_a_commit_over_the_per_action_maximum_is_flagged_in_the_ledger(store: Store, clock: FakeClock) -> None:
+    engine = Engine(store, clock=clock)
+    engine.create_tenant("t1")
+    budget = {"meter": "usd", "limit": "100", "window": "day", "per_action_max": "5"}
+    capped = {"scopes": {"ops": {"budgets": [budget]}}}
+    engine.apply_config("t1", config(**capped))
+    engine.commit("t1", allowed(engine.authorize("t1", spend("5"))), {"usd": "20"})
+    engine.commit("t1", allowed(engine.authorize("t1", spend("5"))), {"usd": "4"})
+    with store.transaction() as tx:
+        commits = [entry for entry in tx.ledger_entries("t1") if entry.kind.value == "commit"]
+    assert commits[0].detail["over_per_action_max"] == ["ops:usd:day"]
+    assert "over_per_action_max" not in commits[1].detail
+    assert_consistent(engine)
