@@ -15,6 +15,7 @@ from remit.domain.decisions import Decision
 from remit.engine import ActionInput, Engine, Operation, Result, expect_result
 from remit.errors import Overloaded, batch_failure
 from remit.limits import LEASE_SECONDS_DEFAULT, QUEUE_LENGTH_MAX
+from remit.operations import Act
 from remit.results import CommitResult, ExtendResult, ReleaseResult, UsageResult
 
 
@@ -68,8 +69,11 @@ class AsyncBatcher:
         for (operation, future), result in zip(batch, results, strict=True):
             if future.done():
                 # The caller was cancelled while its batch ran. A hold it never heard of would block
-                # room until its lease ran out, so it is released at once (queued like any request).
-                if isinstance(result, Decision) and result.reservation_id is not None:
+                # room until its lease ran out, so it is released at once (queued like any request)
+                # — unless the request carried an idempotency key: its retry gets this same hold
+                # back (and a replayed answer may be another caller's live hold).
+                is_keyless = isinstance(operation, Act) and operation.idempotency_key is None
+                if is_keyless and isinstance(result, Decision) and result.reservation_id is not None:
                     release = self.engine.release_operation(operation.tenant_id, result.reservation_id)
                     orphan: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
                     orphan.add_done_callback(_ignore_outcome)

@@ -158,34 +158,52 @@ def with_timezone(parsed: ParsedConfig, timezone: str) -> ParsedConfig:
     return ParsedConfig(document, timezone)
 
 
-def transition_problems(old: TenantConfig, new: TenantConfig, *, has_usage: bool) -> list[dict[str, str]]:
-    """What a new config may not change about the one in force, because counters depend on it.
+def extend_lineage(lineage: Mapping[str, Any], tenant: TenantConfig) -> dict[str, Any]:
+    """Every meter (kind, scale) and budget identity (meter, window, per) declared so far.
+
+    Counters outlive the config that made them: a removed budget keeps its counter, so a meter
+    or budget id that comes back must come back meaning what it meant.
+    """
+    meters = dict(lineage.get("meters", {}))
+    budgets = dict(lineage.get("budgets", {}))
+    for name, meter in tenant.meters.items():
+        meters.setdefault(name, [meter.kind.value, meter.scale])
+    for budget in tenant.budgets:
+        budgets.setdefault(budget.id, [budget.meter.name, budget.window_label, budget.is_per_task])
+    return {"meters": meters, "budgets": budgets}
+
+
+def transition_problems(
+    lineage: Mapping[str, Any], old: TenantConfig, new: TenantConfig, *, has_usage: bool
+) -> list[dict[str, str]]:
+    """What a new config may not change, because counters depend on it.
 
     A meter's kind and scale give its counters their meaning (a scale change would read cents as
     micro-dollars); a budget id keeps its counters, so it cannot move to another meter, window or
-    per-task split; and calendar windows are cut in the tenant's zone, so the zone cannot move
-    while any budget has usage or holds.
+    per-task split — checked against everything ever declared (`lineage`), not only the config in
+    force, so removing and re-adding cannot get round it; and calendar windows are cut in the
+    tenant's zone, so the zone cannot move while any budget has usage or holds.
     """
     problems = []
+    known_meters = lineage.get("meters", {})
+    known_budgets = lineage.get("budgets", {})
     for name, meter in new.meters.items():
-        before = old.meters.get(name)
-        if before is not None and (before.kind, before.scale) != (meter.kind, meter.scale):
+        if name not in known_meters:
+            continue
+        kind, scale = known_meters[name]
+        if (kind, scale) != (meter.kind.value, meter.scale):
             problems.append(
                 {
                     "path": f"meters.{name}",
-                    "message": f"a meter's kind and scale cannot change ({before.kind.value}, scale {before.scale} → "
-                    f"{meter.kind.value}, scale {meter.scale}); declare a new meter instead",
+                    "message": f"a meter's kind and scale cannot change ({kind}, scale {scale} → "
+                    f"{meter.kind.value}, scale {meter.scale}); declare a meter with a new name instead",
                 }
             )
     for budget in new.budgets:
-        before_budget = old.budget(budget.id)
-        if before_budget is None:
+        identity = known_budgets.get(budget.id)
+        if identity is None:
             continue
-        if (before_budget.meter.name, before_budget.window, before_budget.is_per_task) != (
-            budget.meter.name,
-            budget.window,
-            budget.is_per_task,
-        ):
+        if list(identity) != [budget.meter.name, budget.window_label, budget.is_per_task]:
             problems.append(
                 {
                     "path": f"budget {budget.id}",

@@ -122,10 +122,12 @@ class Engine:
                         tenant_id, orjson.loads(row.config), row.config_version, timezone=row.timezone
                     )
                     has_usage = any(c.used or c.held for c in tx.all_counters(tenant_id).values())
-                    problems = config_io.transition_problems(old, tenant, has_usage=has_usage)
+                    lineage = config_io.extend_lineage(orjson.loads(row.lineage), old)
+                    problems = config_io.transition_problems(lineage, old, tenant, has_usage=has_usage)
                     if problems:
                         raise config_io.config_error(source, problems)
-                    version = tx.save_config(tenant_id, tenant.timezone.key, canonical)
+                    lineage = config_io.extend_lineage(lineage, tenant)
+                    version = tx.save_config(tenant_id, tenant.timezone.key, canonical, dumps(lineage))
                     tenant.version = version
                     tx.lock_counters(tenant_id, [(b.id, "") for b in tenant.budgets if not b.is_per_task])
                     entry = LedgerEntry(

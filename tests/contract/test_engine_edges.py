@@ -210,3 +210,48 @@ def test_a_commit_over_the_per_action_maximum_is_flagged_in_the_ledger(store: St
     assert commits[0].detail["over_per_action_max"] == ["ops:usd:day"]
     assert "over_per_action_max" not in commits[1].detail
     assert_consistent(engine)
+
+
+def test_a_cancelled_keyed_caller_keeps_its_hold_for_the_retry(store: Store, tenant: Engine) -> None:
+    """With an idempotency key the retry gets the same hold back, so cancelling must not release it."""
+
+    async def scenario() -> str:
+        batcher = AsyncBatcher(tenant)
+        try:
+            waiting = asyncio.create_task(batcher.authorize("t1", spend("10", idempotency_key="k-9")))
+            await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await batcher.drain()
+            retried = await batcher.authorize("t1", spend("10", idempotency_key="k-9"))
+            return allowed(retried)
+        finally:
+            batcher.close()
+
+    rid = asyncio.run(scenario())
+    assert tenant.commit("t1", rid).committed == {"usd": 1000}
+    assert_consistent(tenant)
+
+
+def test_removing_then_re_adding_cannot_change_what_counters_mean(tenant: Engine) -> None:
+    """A meter or budget id that comes back must mean what it meant: counters outlive configs."""
+    document = config(scopes={"ops": {"budgets": [{"meter": "usd", "limit": "100", "window": "month", "id": "cap"}]}})
+    tenant.apply_config("t1", document)
+    tenant.commit("t1", allowed(tenant.authorize("t1", spend("100"))))
+    without = config(scopes={"ops": {}})
+    del without["meters"]["usd"]
+    tenant.apply_config("t1", without)
+    readded = config(scopes={"ops": {"budgets": [{"meter": "usd", "limit": "100", "window": "month", "id": "cap"}]}})
+    readded["meters"]["usd"] = {"kind": "sum", "scale": 6}
+    with pytest.raises(ConfigError) as caught:
+        tenant.apply_config("t1", readded)
+    assert caught.value.errors[0]["path"] == "meters.usd"
+    moved = config(scopes={"ops": {"budgets": [{"meter": "usd", "limit": "100", "window": "day", "id": "cap"}]}})
+    with pytest.raises(ConfigError) as moved_caught:
+        tenant.apply_config("t1", moved)
+    assert moved_caught.value.errors[0]["path"] == "budget cap"
+    # Re-added exactly as it was, the budget finds its usage again.
+    tenant.apply_config("t1", document)
+    assert tenant.authorize("t1", spend("1")).outcome is Outcome.DENY
+    assert_consistent(tenant)

@@ -62,6 +62,8 @@ class TenantRow:
     timezone: str
     config_version: int
     config: str
+    lineage: str
+    """JSON: every meter and budget identity the tenant's configs have ever declared."""
 
 
 class Transaction(abc.ABC):
@@ -113,8 +115,8 @@ class Transaction(abc.ABC):
     def list_tenants(self) -> list[str]:
         return [row[0] for row in self._execute("list_tenants", ())]
 
-    def save_config(self, tenant_id: str, timezone: str, config_json: str) -> int:
-        rows = self._execute("update_tenant_config", (timezone, config_json, tenant_id))
+    def save_config(self, tenant_id: str, timezone: str, config_json: str, lineage_json: str) -> int:
+        rows = self._execute("update_tenant_config", (timezone, config_json, lineage_json, tenant_id))
         return int(rows[0][0])
 
     # -- counters --------------------------------------------------------------------------

@@ -11,14 +11,14 @@ WHERE tenant_id = ANY(%s) ORDER BY tenant_id FOR UPDATE;
 UPDATE tenants SET write_seq = %s WHERE tenant_id = %s;
 
 -- name: load_tenant
-SELECT tenant_id, timezone, config_version, config FROM tenants WHERE tenant_id = %s;
+SELECT tenant_id, timezone, config_version, config, lineage FROM tenants WHERE tenant_id = %s;
 
 -- name: insert_tenant
 INSERT INTO tenants (tenant_id, name, timezone, config_version, config, created_at_us)
 VALUES (%s, %s, %s, 0, '{}', %s) ON CONFLICT (tenant_id) DO NOTHING;
 
 -- name: update_tenant_config
-UPDATE tenants SET timezone = %s, config = %s, config_version = config_version + 1
+UPDATE tenants SET timezone = %s, config = %s, lineage = %s, config_version = config_version + 1
 WHERE tenant_id = %s RETURNING config_version;
 
 -- name: list_tenants

@@ -10,14 +10,14 @@ WHERE tenant_id IN (SELECT value FROM json_each(?)) ORDER BY tenant_id;
 UPDATE tenants SET write_seq = ? WHERE tenant_id = ?;
 
 -- name: load_tenant
-SELECT tenant_id, timezone, config_version, config FROM tenants WHERE tenant_id = ?;
+SELECT tenant_id, timezone, config_version, config, lineage FROM tenants WHERE tenant_id = ?;
 
 -- name: insert_tenant
 INSERT INTO tenants (tenant_id, name, timezone, config_version, config, created_at_us)
 VALUES (?, ?, ?, 0, '{}', ?) ON CONFLICT (tenant_id) DO NOTHING;
 
 -- name: update_tenant_config
-UPDATE tenants SET timezone = ?, config = ?, config_version = config_version + 1
+UPDATE tenants SET timezone = ?, config = ?, lineage = ?, config_version = config_version + 1
 WHERE tenant_id = ? RETURNING config_version;
 
 -- name: list_tenants

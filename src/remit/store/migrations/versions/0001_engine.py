@@ -16,6 +16,7 @@ _COMMON = [
         config_version BIGINT NOT NULL,
         config TEXT NOT NULL,
         write_seq BIGINT NOT NULL DEFAULT 0,
+        lineage TEXT NOT NULL DEFAULT '{}',
         created_at_us BIGINT NOT NULL)""",
     """CREATE TABLE counters (
         tenant_id TEXT NOT NULL,
