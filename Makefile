@@ -19,8 +19,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 
+COVERAGE_FLOOR := 90
+DOMAIN_COVERAGE_FLOOR := 97
+
 test: $(STAMP) lint
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q --cov --cov-report= --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
+	$(BIN)/coverage report --include='*/remit/domain/*' --fail-under=$(DOMAIN_COVERAGE_FLOOR)
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
