@@ -1,10 +1,11 @@
 """The engine: authorize / commit / release / extend / expire, decided in batches.
 
-Requests that arrive together are decided in one store transaction: for each tenant the
-batch claims idempotency keys, locks the reservations it resolves, then locks the counters of
-every budget it touches in key order, decides each request in arrival order against those
-counters, and writes counters, reservations and ledger entries once. Callers are answered
-after the commit, so an answer is never given for work the store could still lose.
+Requests that arrive together are decided in one store transaction: for each tenant (in id
+order) the batch locks the tenant's row, claims idempotency keys, locks the reservations it
+resolves, then the counters of every budget it touches, each in key order; decides each request
+in arrival order against those counters (`remit.batch`); and writes counters, reservations and
+ledger entries once. Callers are answered after the commit, so an answer is never given for
+work the store could still lose.
 
 The batch core (`execute`) is synchronous. `submit` lets many threads share it (one of them
 leads a batch while the others wait for their answers); `remit.batching.AsyncBatcher` derives
