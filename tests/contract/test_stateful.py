@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import uuid
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
@@ -503,6 +504,11 @@ class LedgerMachine(RuleBasedStateMachine):
         assert report.is_consistent, report.mismatches
 
 
+def _examples(variable: str, default: int) -> int:
+    """How many examples to run; a soak raises it (REMIT_STATEFUL_EXAMPLES, REMIT_STATEFUL_PG_EXAMPLES)."""
+    return int(os.environ.get(variable, str(default)))
+
+
 def run(make_machine: Callable[[], LedgerMachine], examples: int, steps: int) -> None:
     run_state_machine_as_test(
         make_machine,
@@ -524,7 +530,7 @@ def test_ledger_invariants_on_sqlite(tmp_path: Path) -> None:
         store = open_store(f"sqlite:///{next(files)}")
         return LedgerMachine(store, is_shared=False)
 
-    run(make_machine, examples=80, steps=40)
+    run(make_machine, examples=_examples("REMIT_STATEFUL_EXAMPLES", 80), steps=40)
 
 
 @pytest.fixture(scope="module")
@@ -548,4 +554,4 @@ def pg_store() -> Iterator[Store]:
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_ledger_invariants_on_postgres(pg_store: Store) -> None:
-    run(lambda: LedgerMachine(pg_store, is_shared=True), examples=40, steps=40)
+    run(lambda: LedgerMachine(pg_store, is_shared=True), examples=_examples("REMIT_STATEFUL_PG_EXAMPLES", 40), steps=40)
