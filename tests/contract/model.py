@@ -26,6 +26,10 @@ Semantics modelled (each is a rule a reader can check against the docs):
   `already_released`) unless the same idempotency key repeats the same request, which gets
   the first answer; the key with another request is `idempotency_mismatch`.
 - Post-hoc usage counts like a commit without a hold.
+- A new config may change limits and per-action maxima: balances and holds are kept, and
+  every later decision or posting (a commit of an earlier hold too) uses the new limit. A
+  limit may be lowered below what is used and held: nothing is taken back, requests are
+  denied until enough usage leaves the window.
 - Calendar windows (hour, day) follow the tenant's time zone; `total` never resets; a rolling
   window of N seconds is kept in buckets of 1 s (N <= 60) or N/60 s, and usage leaves it a
   bucket at a time.
@@ -193,18 +197,34 @@ class Model:
             for name, meter in document["meters"].items()
         }
         self.specs: list[BudgetSpec] = []
-        self._read_budgets(ROOT, document["tenant"].get("budgets", []))
-        for path, scope in document["scopes"].items():
-            self._read_budgets(path, (scope or {}).get("budgets", []))
         self.agents: dict[str, str] = {}
-        for name, agent in document["agents"].items():
-            self.agents[name] = agent["scope"]
-            self._read_budgets(_agent_scope(agent["scope"], name), agent.get("budgets", []))
-        self.spec_by_id = {spec.id: spec for spec in self.specs}
+        self.spec_by_id: dict[str, BudgetSpec] = {}
+        self._read_config(document)
         self.balances: dict[tuple[str, str], Balance] = {}
         self.holds: dict[str, Hold] = {}
         self.answered: dict[str, tuple[Any, ...]] = {}
         """Idempotency key → fingerprint of the request that first used it."""
+
+    def _read_config(self, document: Mapping[str, Any]) -> None:
+        self.specs = []
+        self._read_budgets(ROOT, document["tenant"].get("budgets", []))
+        for path, scope in document["scopes"].items():
+            self._read_budgets(path, (scope or {}).get("budgets", []))
+        self.agents = {}
+        for name, agent in document["agents"].items():
+            self.agents[name] = agent["scope"]
+            self._read_budgets(_agent_scope(agent["scope"], name), agent.get("budgets", []))
+        self.spec_by_id = {spec.id: spec for spec in self.specs}
+
+    def apply_config(self, document: Mapping[str, Any]) -> None:
+        """A new config for the same tenant: limits and per-action maxima may change; meters, windows,
+        ids and the time zone stay. Balances (usage, overrun, holds) are kept: a limit never loses
+        usage. A live hold keeps its amounts; what it commits later is measured against the new limit."""
+        assert document["tenant"]["timezone"] == self.clock.tz.key, "the time zone does not change here"
+        self._read_config(document)
+        for hold in self.holds.values():
+            for part in hold.parts:
+                part.spec = self.spec_by_id[part.spec.id]
 
     def _read_budgets(self, scope: str, docs: Sequence[Mapping[str, Any]]) -> None:
         for doc in docs:

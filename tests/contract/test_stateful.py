@@ -4,8 +4,9 @@ A hypothesis state machine drives the real engine (a FakeClock, a small tenant w
 run out often) through random authorize / commit (as held, less, equal, more than held) /
 release / extend / post-hoc usage / retried requests with the same idempotency key (and with
 the key on a changed request) / clock advances from a second to days across hour, day and DST
-boundaries / `expire_holds` / several requests decided in one batch, switching now and then
-between two engines on the same store (two processes). Every request also goes through an
+boundaries / `expire_holds` / several requests decided in one batch / the config re-applied
+with other limits (half, double, below what is used, zero, back to the first) and per-action
+maxima, switching now and then between two engines on the same store (two processes). Every request also goes through an
 independent model (`model.py`, written from the documented semantics, not from
 `remit.domain`) and the answers must agree: allow or deny, the reasons, every consulted
 budget's limit / used / held / requested / remaining, and each commit's committed / released
@@ -13,7 +14,9 @@ budget's limit / used / held / requested / remaining, and each commit's committe
 
 After every step the store itself is read and compared with the model:
 1. per budget instance, used / overrun / held in the current window equal the model's, and
-   for every enforced budget used - overrun + held <= limit;
+   for every enforced budget the authorised amount used - overrun + held stays within the
+   limit: <= limit, or, once a lowered limit left it above (allowed: a limit never takes
+   usage back), it does not grow until it is back within the limit;
 2. every hold ends exactly once: reservation statuses equal the model's, the live holds are
    exactly the model's, and the ledger has one hold entry and at most one end per reservation;
 3. `engine.check()` is consistent: counters rebuilt from the ledger equal the live ones;
@@ -24,6 +27,7 @@ After every step the store itself is read and compared with the model:
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import os
 import uuid
@@ -133,7 +137,8 @@ requests = st.fixed_dictionaries(
         "lease_seconds": st.sampled_from([600, 3600, 30, 1]),
     }
 )
-OPERATIONS = ["authorize"] * 4 + ["commit"] * 3 + ["advance"] * 2 + ["usage", "retry", "batch", "release", "extend"]
+OPERATIONS = ["authorize"] * 4 + ["commit"] * 3 + ["advance"] * 2
+OPERATIONS += ["usage", "retry", "batch", "release", "extend", "config"]
 """Weighted: holds are placed more often than anything else happens to them."""
 
 
@@ -153,6 +158,19 @@ def fingerprint(model: Model, request: dict[str, Any], is_usage: bool) -> tuple[
 
 def usd_text(base_units: int) -> str:
     return f"{base_units // 100}.{base_units % 100:02d}"
+
+
+def amount_text(base_units: int, scale: int) -> str:
+    """Base units as an exact decimal string at the meter's scale (a limit in a config)."""
+    if scale == 0:
+        return str(base_units)
+    digits = str(base_units).rjust(scale + 1, "0")
+    return f"{digits[:-scale]}.{digits[-scale:]}"
+
+
+LIMIT_CHANGES = ["half", "below used", "double", "zero", "first", "plus one"]
+PER_ACTION_MAXIMA = ["1", "0.5", "3", "4.25"]
+LIMIT_MAX = 10**15
 
 
 def reports_of(decision: Decision | UsageResult) -> dict[str, Report]:
@@ -229,6 +247,11 @@ class LedgerMachine(RuleBasedStateMachine):
         self.engine = self.engines[0]
         self.tenant = f"t-{uuid.uuid4().hex[:12]}"
         self.model: Model | None = None
+        self.document: dict[str, Any] = {}
+        """The config in force (as last applied); `first_document` is the one the tenant started with."""
+        self.first_document: dict[str, Any] = {}
+        self.authorised: dict[tuple[str, str], int] = {}
+        """Budget instance → used - overrun + held at the last check (absent: 0)."""
         self.reservation_ids: list[str] = []
         self.first_answers: dict[str, Decision | UsageResult] = {}
         """Idempotency key → the first answer to the authorize or usage request that used it."""
@@ -248,6 +271,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.engine.create_tenant(self.tenant)
         self.engine.apply_config(self.tenant, document)
         self.model = Model(document)
+        self.document = document
+        self.first_document = copy.deepcopy(document)
 
     def teardown(self) -> None:
         """A store of its own is closed. In a shared one the tenant's live holds are ended instead:
@@ -281,6 +306,8 @@ class LedgerMachine(RuleBasedStateMachine):
             op = "usage"
         if op == "advance":
             self.advance(data)
+        elif op == "config":
+            self.change_limits(data)
         elif op == "retry":
             self.retry(data)
         elif op == "batch":
@@ -357,6 +384,47 @@ class LedgerMachine(RuleBasedStateMachine):
         if data.draw(st.booleans(), label="switch engine"):
             # The engine that wrote last kept the tenant's state in memory; the other must not trust its own.
             self.engine = self.engines[1] if self.engine is self.engines[0] else self.engines[0]
+
+    def budget_docs(self, document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Budget id → its entry in the document (the dict itself, to edit in place)."""
+        lists = [document["tenant"]["budgets"]]
+        lists += [scope["budgets"] for scope in document["scopes"].values()]
+        lists += [agent["budgets"] for agent in document["agents"].values()]
+        return {budget["id"]: budget for budgets in lists for budget in budgets}
+
+    def change_limits(self, data: st.DataObject) -> None:
+        """The tenant's config again, one or two budgets with another limit (and maybe another
+        per-action maximum); meters, windows, ids and the time zone stay. Usage and holds stay too."""
+        document = copy.deepcopy(self.document)
+        budgets = self.budget_docs(document)
+        first = self.budget_docs(self.first_document)
+        ids = sorted(budgets)
+        chosen = data.draw(st.lists(st.sampled_from(ids), min_size=1, max_size=2, unique=True), label="budgets")
+        for budget_id in chosen:
+            spec = self.m.spec_by_id[budget_id]
+            scale = self.m.meters[spec.meter][1]
+            used = max(
+                (self.m.used(spec, key, self.now_us) for key in self.m.balances if key[0] == budget_id), default=0
+            )
+            change = data.draw(st.sampled_from(LIMIT_CHANGES), label=f"{budget_id} limit")
+            limit = {
+                "half": spec.limit // 2,
+                "below used": max(0, used - 1) if used else spec.limit // 3,
+                "double": min(LIMIT_MAX, spec.limit * 2),
+                "zero": 0,
+                "first": None,  # back to the limit the tenant started with
+                "plus one": min(LIMIT_MAX, spec.limit + 1),
+            }[change]
+            budgets[budget_id]["limit"] = first[budget_id]["limit"] if limit is None else amount_text(limit, scale)
+            if "per_action_max" in budgets[budget_id] and data.draw(st.booleans(), label="per-action maximum"):
+                budgets[budget_id]["per_action_max"] = data.draw(st.sampled_from(PER_ACTION_MAXIMA), label="maximum")
+        self.engine.apply_config(self.tenant, document)
+        self.m.apply_config(document)
+        self.document = document
+        # The model read the document as the engine did.
+        config = self.engine.tenant_config(self.tenant)
+        engine_limits = {b.id: (b.limit, b.per_action_max) for b in config.budgets}
+        assert engine_limits == {spec.id: (spec.limit, spec.per_action_max) for spec in self.m.specs}
 
     # -- the model's word against the engine's -------------------------------------------------
     def check(self, call: Call, answer: Answer) -> None:
@@ -457,11 +525,20 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         balances = self.store_balances()
         assert balances == self.model_balances()
-        for (budget_id, _), (used, overrun, held) in balances.items():
-            spec = self.m.spec_by_id[budget_id]
+        authorised: dict[tuple[str, str], int] = {}
+        for key, (used, overrun, held) in balances.items():
+            spec = self.m.spec_by_id[key[0]]
             assert held >= 0
-            if not spec.is_shadow:
-                assert used - overrun + held <= spec.limit, (budget_id, used, overrun, held)
+            assert 0 <= overrun <= used
+            if spec.is_shadow:
+                continue
+            # Every hold fit the limit in force when it was placed and every posting beyond the
+            # headroom is overrun, so the authorised amount is within the limit, unless a config
+            # lowered the limit below it (usage is never taken back): then it may not grow.
+            authorised[key] = used - overrun + held
+            ceiling = max(spec.limit, self.authorised.get(key, 0))
+            assert authorised[key] <= ceiling, (key, used, overrun, held, spec.limit, self.authorised.get(key))
+        self.authorised = authorised
 
     @invariant()
     def every_hold_ends_exactly_once(self) -> None:
