@@ -420,25 +420,26 @@ class TenantBatch:
         return postings, committed, overrun
 
     def _release(self, reservation: Reservation, op: Resolve) -> ReleaseResult:
-        postings = [
-            self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
-            for part in reservation.parts
-        ]
+        postings = self._release_all(reservation)
         result = ReleaseResult(reservation.id, "released", dict(reservation.amounts))
         self._finish(reservation, Status.RELEASED, op, result.to_record())
         self._entry(EntryKind.RELEASE, reservation, postings, {})
         return result
 
     def _expire(self, reservation: Reservation) -> None:
-        postings = [
-            self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
-            for part in reservation.parts
-        ]
+        postings = self._release_all(reservation)
         reservation.status = Status.EXPIRED
         reservation.resolved_at_us = self.now_us
         self.expired_ids.add(reservation.id)
         self._changed(reservation)
         self._entry(EntryKind.EXPIRE, reservation, postings, {"lease_expires_at_us": reservation.lease_expires_at_us})
+
+    def _release_all(self, reservation: Reservation) -> list[Posting]:
+        """Give back everything the reservation holds (a release or an expiry)."""
+        return [
+            self._release_part(self.tenant.budget(part.budget_id), self.counters[(part.budget_id, part.instance)], part)
+            for part in reservation.parts
+        ]
 
     def _release_part(self, budget: Budget | None, counter: Counter, part: HoldPart) -> Posting:
         if budget is None:

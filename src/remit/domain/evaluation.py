@@ -15,7 +15,7 @@ from remit.domain.budgets import Budget, Counter
 from remit.domain.decisions import BudgetReport, Decision, Outcome, Reason, ReasonCode
 from remit.domain.ledger import Posting
 from remit.domain.reservations import HoldPart
-from remit.domain.windows import US_PER_SECOND, BoundsCache, rolling_release_time
+from remit.domain.windows import US_PER_SECOND, BoundsCache, rolling_floor, rolling_release_time
 from remit.errors import InvariantViolation
 
 HOLD_RETRY_SECONDS = 1
@@ -65,7 +65,7 @@ def resets_at(budget: Budget, counter: Counter, now_us: int, tz: ZoneInfo, cache
         return None
     if budget.is_rolling:
         width = window.bucket_seconds * US_PER_SECOND
-        floor = now_us - now_us % width - (window.bucket_count - 1) * width
+        floor = rolling_floor(window, now_us)
         live = [start for start, amount in counter.buckets.items() if start >= floor and amount]
         return min(live) + window.bucket_count * width if live else None
     return cache.bounds(window, now_us, tz)[1]
