@@ -290,6 +290,8 @@ class TenantBatch:
     # -- commit, release, extend, expire -------------------------------------------------------
     def _resolve(self, op: Resolve) -> Result:
         reservation = self.reservations.get(op.reservation_id)
+        if reservation is not None and op.agent is not None and reservation.agent != op.agent:
+            reservation = None  # an agent key cannot see another agent's holds
         if reservation is None:
             if op.kind == "expire":
                 return None

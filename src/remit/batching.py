@@ -32,6 +32,10 @@ class AsyncBatcher:
         self._drainer: asyncio.Task[None] | None = None
         """Held so the running drain task is not garbage-collected mid-batch."""
 
+    @property
+    def queue_length(self) -> int:
+        return len(self._pending)
+
     async def submit(self, operation: Operation) -> Result:
         if len(self._pending) >= QUEUE_LENGTH_MAX:
             raise Overloaded(f"more than {QUEUE_LENGTH_MAX} requests are waiting; retry shortly")
@@ -106,24 +110,31 @@ class AsyncBatcher:
         *,
         outcome: str = "success",
         idempotency_key: str | None = None,
+        agent: str | None = None,
     ) -> CommitResult:
         operation = self.engine.commit_operation(
-            tenant_id, reservation_id, amounts, outcome=outcome, idempotency_key=idempotency_key
+            tenant_id, reservation_id, amounts, outcome=outcome, idempotency_key=idempotency_key, agent=agent
         )
         return expect_result(await self.submit(operation), CommitResult)
 
     async def release(
-        self, tenant_id: str, reservation_id: str, *, idempotency_key: str | None = None
+        self, tenant_id: str, reservation_id: str, *, idempotency_key: str | None = None, agent: str | None = None
     ) -> ReleaseResult:
-        operation = self.engine.release_operation(tenant_id, reservation_id, idempotency_key=idempotency_key)
+        operation = self.engine.release_operation(
+            tenant_id, reservation_id, idempotency_key=idempotency_key, agent=agent
+        )
         return expect_result(await self.submit(operation), ReleaseResult)
 
     async def extend(
-        self, tenant_id: str, reservation_id: str, lease_seconds: int = LEASE_SECONDS_DEFAULT
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        lease_seconds: int = LEASE_SECONDS_DEFAULT,
+        *,
+        agent: str | None = None,
     ) -> ExtendResult:
-        return expect_result(
-            await self.submit(self.engine.extend_operation(tenant_id, reservation_id, lease_seconds)), ExtendResult
-        )
+        operation = self.engine.extend_operation(tenant_id, reservation_id, lease_seconds, agent=agent)
+        return expect_result(await self.submit(operation), ExtendResult)
 
 
 def _ignore_outcome(future: asyncio.Future[Result]) -> None:

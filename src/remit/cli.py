@@ -106,6 +106,44 @@ def demo(
 
 
 @app.command()
+def serve(  # noqa: PLR0917 - one parameter per command-line option
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+    tenant: Tenant = "default",
+    config: Annotated[
+        Path | None, typer.Option(help="Config a new tenant starts with (default: the demo, examples/remit.yaml).")
+    ] = None,
+    bootstrap: Annotated[
+        bool, typer.Option("--bootstrap/--no-bootstrap", help="Create the tenant and its first keys if missing.")
+    ] = True,
+    log_requests: Annotated[
+        bool, typer.Option("--log-requests/--no-log-requests", help="One JSON line per request.")
+    ] = True,
+) -> None:
+    """Serve the HTTP API. The first start creates the tenant, applies the config and prints its keys once."""
+    from remit.config import load_file
+    from remit.server import ServeOptions
+    from remit.server import serve as run_server
+
+    config_path = config or _packaged_demo_config()
+    try:
+        document = load_file(config_path) if bootstrap else None
+        options = ServeOptions(
+            database_url=database_url,
+            host=host,
+            port=port,
+            tenant=tenant,
+            config=document,
+            config_source=str(config_path),
+            is_logging_requests=log_requests,
+        )
+        run_server(options, announce=lambda line: print(line, flush=True))
+    except RemitError as error:
+        raise _fail(error.message) from None
+
+
+@app.command()
 def init(
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
     tenant: Tenant = "default",

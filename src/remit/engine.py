@@ -31,7 +31,7 @@ from remit.domain.decisions import Decision
 from remit.domain.ledger import EntryKind, LedgerEntry, rebuild_counters
 from remit.domain.tenant import TenantConfig
 from remit.domain.windows import BoundsCache, rolling_floor
-from remit.errors import InvalidRequest, NotFound, Overloaded, RemitError, batch_failure
+from remit.errors import Conflict, InvalidRequest, NotFound, Overloaded, RemitError, batch_failure
 from remit.limits import BATCH_SIZE_MAX, EXPIRY_BATCH_SIZE_MAX, LEASE_SECONDS_DEFAULT, QUEUE_LENGTH_MAX
 from remit.operations import (
     ActionInput,
@@ -93,6 +93,8 @@ class Engine:
         self._id_sequence = itertools.count(1)
         self.batches_executed = 0
         self.batch_sizes_total = 0
+        self.batch_observer: Callable[[int], None] | None = None
+        """Called with each executed batch's size (the server's metrics)."""
 
     # == tenants and configuration ==============================================================
     def create_tenant(self, tenant_id: str, *, name: str | None = None, timezone: str = "UTC") -> None:
@@ -101,8 +103,21 @@ class Engine:
             tx.create_tenant(tenant_id, name or tenant_id, timezone, self.clock())
             tx.commit()
 
-    def apply_config(self, tenant_id: str, document: Mapping[str, Any], *, source: str = "<config>") -> TenantConfig:
-        """Validate and apply a config document. Counters of budgets that keep their id keep their usage."""
+    def apply_config(
+        self,
+        tenant_id: str,
+        document: Mapping[str, Any],
+        *,
+        source: str = "<config>",
+        is_dry_run: bool = False,
+        expected_version: int | None = None,
+    ) -> TenantConfig:
+        """Validate and apply a config document. Counters of budgets that keep their id keep their usage.
+
+        A dry run checks everything an apply would and returns the config it would make,
+        changing nothing. `expected_version` refuses the apply (`config_changed`) if another
+        writer applied a config since the caller read version `expected_version`.
+        """
         parsed = config_io.parse_document(document, source=source)
         now_us = self.clock()
         for _ in range(BATCH_ATTEMPTS_MAX):
@@ -114,6 +129,12 @@ class Engine:
                     row = tx.load_tenant(tenant_id)
                     if row is None:
                         raise NotFound(f"tenant {tenant_id!r} does not exist")
+                    if expected_version is not None and row.config_version != expected_version:
+                        raise Conflict(
+                            f"the config changed (version {row.config_version}, expected {expected_version}); "
+                            "read it again and retry",
+                            code="config_changed",
+                        )
                     effective = config_io.with_timezone(parsed, row.timezone)
                     canonical = dumps(effective.document)
                     if row.config == canonical:
@@ -127,6 +148,8 @@ class Engine:
                     problems = config_io.transition_problems(lineage, old, tenant, has_usage=has_usage)
                     if problems:
                         raise config_io.config_error(source, problems)
+                    if is_dry_run:
+                        return tenant
                     lineage = config_io.extend_lineage(lineage, tenant)
                     version = tx.save_config(tenant_id, tenant.timezone.key, canonical, dumps(lineage))
                     tenant.version = version
@@ -146,6 +169,36 @@ class Engine:
             self._configs[tenant_id] = tenant
             return tenant
         raise Overloaded("could not apply the config: the store stayed busy")
+
+    def config_document(self, tenant_id: str) -> tuple[int, dict[str, Any]]:
+        """The stored config document (defaults filled in) and its version, read now."""
+        with self.store.transaction(is_read_only=True) as tx:
+            row = tx.load_tenant(tenant_id)
+        if row is None:
+            raise NotFound(f"tenant {tenant_id!r} does not exist")
+        document: dict[str, Any] = orjson.loads(row.config)
+        return row.config_version, document
+
+    def fresh_config(self, tx: Transaction, tenant_id: str) -> TenantConfig:
+        """The tenant's config as stored now: the cached one unless another writer applied since."""
+        row = tx.load_tenant(tenant_id)
+        if row is None:
+            raise NotFound(f"tenant {tenant_id!r} does not exist")
+        cached = self._configs.get(tenant_id)
+        if cached is not None and cached.version == row.config_version:
+            return cached
+        tenant = config_io.build_tenant(tenant_id, orjson.loads(row.config), row.config_version, timezone=row.timezone)
+        self._configs[tenant_id] = tenant
+        return tenant
+
+    def store_is_ready(self) -> None:
+        """Raises unless the store answers a read now (the server's readiness probe)."""
+        with self.store.transaction(is_read_only=True) as tx:
+            tx.load_tenant("")
+
+    def holds_live(self) -> int:
+        with self.store.transaction(is_read_only=True) as tx:
+            return tx.count_held()
 
     def tenant_config(self, tenant_id: str) -> TenantConfig:
         """The tenant's config as this process last loaded it (loaded now if never)."""
@@ -224,6 +277,7 @@ class Engine:
         *,
         outcome: str = "success",
         idempotency_key: str | None = None,
+        agent: str | None = None,
     ) -> Operation:
         tenant = self.tenant_config(check_name(tenant_id, "tenant"))
         parsed = None if amounts is None else parse_amounts(tenant, amounts, "amounts")
@@ -234,26 +288,34 @@ class Engine:
             parsed,
             check_name(outcome, "outcome"),
             check_key(idempotency_key),
+            agent=agent,
         )
 
     def release_operation(
-        self, tenant_id: str, reservation_id: str, *, idempotency_key: str | None = None
+        self, tenant_id: str, reservation_id: str, *, idempotency_key: str | None = None, agent: str | None = None
     ) -> Operation:
         return Resolve(
             check_name(tenant_id, "tenant"),
             "release",
             check_name(reservation_id, "reservation"),
             idempotency_key=check_key(idempotency_key),
+            agent=agent,
         )
 
     def extend_operation(
-        self, tenant_id: str, reservation_id: str, lease_seconds: int = LEASE_SECONDS_DEFAULT
+        self,
+        tenant_id: str,
+        reservation_id: str,
+        lease_seconds: int = LEASE_SECONDS_DEFAULT,
+        *,
+        agent: str | None = None,
     ) -> Operation:
         return Resolve(
             check_name(tenant_id, "tenant"),
             "extend",
             check_name(reservation_id, "reservation"),
             lease_us=lease_us(lease_seconds),
+            agent=agent,
         )
 
     def expire_holds(self, limit: int = EXPIRY_BATCH_SIZE_MAX) -> int:
@@ -365,6 +427,8 @@ class Engine:
                 raise
         self.batches_executed += 1
         self.batch_sizes_total += len(operations)
+        if self.batch_observer is not None:
+            self.batch_observer(len(operations))
         return results
 
     def _execute_locked(

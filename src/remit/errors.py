@@ -45,6 +45,18 @@ class NotFound(RemitError):
     code = "not_found"
 
 
+class Unauthorized(RemitError):
+    """No key, or a key that is unknown, malformed or revoked."""
+
+    code = "unauthorized"
+
+
+class Forbidden(RemitError):
+    """The key is valid but may not do this (an agent key acting as another agent or as an admin)."""
+
+    code = "forbidden"
+
+
 class Conflict(RemitError):
     """The request conflicts with what already happened (a hold resolved, a key reused)."""
 

@@ -84,6 +84,8 @@ class Resolve:
     outcome: str | None = None
     idempotency_key: str | None = None
     lease_us: int = 0
+    agent: str | None = None
+    """Set for an agent key: a reservation of any other agent is not found."""
 
 
 Operation = Act | Resolve

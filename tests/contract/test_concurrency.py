@@ -66,8 +66,10 @@ class CounterSampler(threading.Thread):
                 counters = tx.all_counters(TENANT)
             for (budget, _), counter in counters.items():
                 if counter.used + counter.held > self.limits[budget] or counter.overrun:
-                    self.violations.append(f"{budget}: used {counter.used} held {counter.held} "
-                                           f"overrun {counter.overrun} limit {self.limits[budget]}")
+                    self.violations.append(
+                        f"{budget}: used {counter.used} held {counter.held} "
+                        f"overrun {counter.overrun} limit {self.limits[budget]}"
+                    )
             self.samples += 1
             time.sleep(0.005)
 
@@ -88,9 +90,23 @@ def _start_processes(url: str, workload: str, count: int) -> list[subprocess.Pop
     """Start `count` worker processes and wait until each has its Engine open (it prints `ready`)."""
     processes = [
         subprocess.Popen(
-            [sys.executable, str(WORKERS_PATH), workload, "--url", url, "--tenant", TENANT,
-             "--threads", str(THREADS_PER_PROCESS), "--seed", str(100 + index)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                str(WORKERS_PATH),
+                workload,
+                "--url",
+                url,
+                "--tenant",
+                TENANT,
+                "--threads",
+                str(THREADS_PER_PROCESS),
+                "--seed",
+                str(100 + index),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for index in range(count)
     ]
@@ -125,8 +141,16 @@ def _collect(processes: list[subprocess.Popen[str]]) -> list[Any]:
     return seens
 
 
-def _race(url: str, store: Store, engines: list[Engine], workload: str, *, threads: int, processes: int,
-          limits: dict[str, int]) -> tuple[Any, CounterSampler]:
+def _race(
+    url: str,
+    store: Store,
+    engines: list[Engine],
+    workload: str,
+    *,
+    threads: int,
+    processes: int,
+    limits: dict[str, int],
+) -> tuple[Any, CounterSampler]:
     """Run `threads` workers here (over `engines`) and `processes` worker processes, released at one moment."""
     children = _start_processes(url, workload, processes)
     sampler = CounterSampler(store, limits)
@@ -185,8 +209,9 @@ def test_threads_and_processes_fill_a_shared_budget_exactly_and_never_past_it(da
     limits = {"tenant-usd": workers.HAMMER_LIMIT_CENTS} | {f"{a}-usd": workers.AGENT_LIMIT_CENTS for a in agents}
     try:
         processes = PROCESSES[store.dialect]
-        seen, sampler = _race(database_url, store, [engine], "hammer", threads=THREADS, processes=processes,
-                              limits=limits)
+        seen, sampler = _race(
+            database_url, store, [engine], "hammer", threads=THREADS, processes=processes, limits=limits
+        )
         _assert_workers_sane(seen, sampler)
         assert engine.batch_size_mean > 1, "the threads of this process never shared a batch"
         with store.transaction() as tx:
@@ -219,8 +244,9 @@ def test_racing_threads_never_reach_more_distinct_accounts_than_allowed(database
     others = [Engine(open_store(database_url, migrate=False)) for _ in range(REACH_ENGINES - 1)]
     try:
         limits = {"reach": workers.REACH_LIMIT}
-        seen, sampler = _race(database_url, store, [engine, *others], "reach", threads=REACH_THREADS, processes=0,
-                              limits=limits)
+        seen, sampler = _race(
+            database_url, store, [engine, *others], "reach", threads=REACH_THREADS, processes=0, limits=limits
+        )
         _assert_workers_sane(seen, sampler)
         with store.transaction() as tx:
             counter = tx.all_counters(TENANT)[("reach", "")]

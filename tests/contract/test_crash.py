@@ -78,9 +78,23 @@ class Acknowledged:
 def _run_and_kill(url: str, acks_before_kill: int, told: Acknowledged) -> int:
     """Start a child, let it acknowledge at least `acks_before_kill` holds, SIGKILL it; returns its acks."""
     child = subprocess.Popen(
-        [sys.executable, str(WORKERS_PATH), "crash", "--url", url, "--tenant", TENANT,
-         "--threads", str(CHILD_THREADS), "--lease-seconds", str(LEASE_SECONDS)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(WORKERS_PATH),
+            "crash",
+            "--url",
+            url,
+            "--tenant",
+            TENANT,
+            "--threads",
+            str(CHILD_THREADS),
+            "--lease-seconds",
+            str(LEASE_SECONDS),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert child.stdin is not None and child.stdout is not None
     lines: list[str] = []

@@ -73,9 +73,15 @@ def test_applying_the_same_config_twice_keeps_counters_and_usage(engine: Engine,
     assert after_entries == before_entries
     assert engine.tenant_config("t1").version == version
     assert [b.id for b in engine.tenant_config("t1").budgets] == [
-        "/:usd:month", "sales:usd:month", "sales/renewals:accounts:day", "sales/renewals:usd:hour:crm.*",
-        "sales/renewals:sends:rolling:1h:email.*", "support:tokens:day", "support:usd:day",
-        "support:tokens:total:per-task", AGENT_DAY,
+        "/:usd:month",
+        "sales:usd:month",
+        "sales/renewals:accounts:day",
+        "sales/renewals:usd:hour:crm.*",
+        "sales/renewals:sends:rolling:1h:email.*",
+        "support:tokens:day",
+        "support:usd:day",
+        "support:tokens:total:per-task",
+        AGENT_DAY,
     ]
     denied = engine.authorize("t1", chat("100.01"))  # 250 - 100 used - 50 held
     assert [r.budget for r in denied.reasons] == [AGENT_DAY]
@@ -130,7 +136,6 @@ def test_lowering_a_limit_below_what_was_used_denies_until_the_window_resets(
     assert_consistent(engine)
 
 
-
 def test_removing_a_budget_under_a_live_hold_releases_it_on_commit(engine: Engine, store: Store) -> None:
     rid = allowed(engine.authorize("t1", chat("100")))
     document = load_file(EXAMPLE_CONFIG)
@@ -158,8 +163,16 @@ def test_removing_a_budget_under_a_live_hold_releases_it_on_commit(engine: Engin
         (lambda d: d["tenant"].update(timezone="Mars/Olympus_Mons"), "tenant.timezone"),
         (lambda d: d["meters"]["usd"].update(colour="green"), "meters.usd.colour"),
     ],
-    ids=["unknown-meter", "bad-window", "non-numeric-limit", "too-precise-limit", "negative-limit",
-         "unknown-scope", "bad-timezone", "unknown-field"],
+    ids=[
+        "unknown-meter",
+        "bad-window",
+        "non-numeric-limit",
+        "too-precise-limit",
+        "negative-limit",
+        "unknown-scope",
+        "bad-timezone",
+        "unknown-field",
+    ],
 )
 def test_an_invalid_config_is_refused_and_the_previous_one_stays_in_force(
     engine: Engine, store: Store, clock: FakeClock, change: Any, path: str
@@ -192,8 +205,11 @@ def test_an_invalid_config_is_refused_and_the_previous_one_stays_in_force(
     [
         (chat("1", agent="ghost"), "unknown_agent", "agent"),
         (ActionInput(agent="bot-7", action="llm.chat", amounts={"euros": "1"}), "unknown_meter", "amounts.euros"),
-        (ActionInput(agent="bot-7", action="llm.chat", touches={"planets": ["p:1"]}), "unknown_meter",
-         "touches.planets"),
+        (
+            ActionInput(agent="bot-7", action="llm.chat", touches={"planets": ["p:1"]}),
+            "unknown_meter",
+            "touches.planets",
+        ),
         (chat("-1"), "invalid_amount", "amounts.usd"),
         (chat("-0.01"), "invalid_amount", "amounts.usd"),
         (chat("ten"), "invalid_amount", "amounts.usd"),
@@ -205,17 +221,39 @@ def test_an_invalid_config_is_refused_and_the_previous_one_stays_in_force(
         (chat("1" * 41), "invalid_amount", "amounts.usd"),
         (ActionInput(agent="bot-7", action="crm.x", amounts={"accounts": "1"}), "invalid_field", "amounts.accounts"),
         (ActionInput(agent="bot-7", action="crm.x", touches={"usd": ["a"]}), "invalid_field", "touches.usd"),
-        (ActionInput(agent="bot-7", action="crm.x", touches={"accounts": "acct:1"}), "invalid_field",
-         "touches.accounts"),
+        (
+            ActionInput(agent="bot-7", action="crm.x", touches={"accounts": "acct:1"}),
+            "invalid_field",
+            "touches.accounts",
+        ),
         (chat("1", lease_seconds=0), "invalid_field", "lease_seconds"),
         (chat("1", lease_seconds=86401), "invalid_field", "lease_seconds"),
         (chat("1", priority="urgent"), "invalid_field", "priority"),
         (chat("1", idempotency_key=""), "invalid_field", "idempotency_key"),
         (ActionInput(agent="bot-7", action="", amounts={"usd": "1"}), "invalid_field", "action"),
     ],
-    ids=["unknown-agent", "unknown-meter", "unknown-touch-meter", "negative", "negative-cent", "words", "nan",
-         "infinity", "empty", "float", "too-large", "too-long", "distinct-in-amounts", "sum-in-touches",
-         "touches-string", "lease-zero", "lease-too-long", "bad-priority", "empty-key", "empty-action"],
+    ids=[
+        "unknown-agent",
+        "unknown-meter",
+        "unknown-touch-meter",
+        "negative",
+        "negative-cent",
+        "words",
+        "nan",
+        "infinity",
+        "empty",
+        "float",
+        "too-large",
+        "too-long",
+        "distinct-in-amounts",
+        "sum-in-touches",
+        "touches-string",
+        "lease-zero",
+        "lease-too-long",
+        "bad-priority",
+        "empty-key",
+        "empty-action",
+    ],
 )
 def test_an_invalid_request_is_refused_with_its_field_and_holds_nothing(
     engine: Engine, store: Store, request_: ActionInput, code: str, field: str
@@ -292,13 +330,15 @@ def test_a_batch_decides_in_arrival_order(ops_engine: Engine, store: Store) -> N
     engine = ops_engine
     earlier = allowed(engine.authorize("t1", ActionInput(agent="a2", action="llm.chat", amounts={"usd": "10"})))
 
-    results = engine.execute([
-        ops(engine, "a1", "40"),
-        ops(engine, "a2", "40"),
-        ops(engine, "a1", "40"),  # 10 + 40 + 40 held: only 10 left
-        engine.commit_operation("t1", earlier, {"usd": "5"}),  # gives 5 back
-        ops(engine, "a2", "15"),  # fits only because the commit came first
-    ])
+    results = engine.execute(
+        [
+            ops(engine, "a1", "40"),
+            ops(engine, "a2", "40"),
+            ops(engine, "a1", "40"),  # 10 + 40 + 40 held: only 10 left
+            engine.commit_operation("t1", earlier, {"usd": "5"}),  # gives 5 back
+            ops(engine, "a2", "15"),  # fits only because the commit came first
+        ]
+    )
 
     first, second, third, commit, fifth = results
     allowed(first)
@@ -321,14 +361,16 @@ def test_one_bad_operation_does_not_sink_the_batch(ops_engine: Engine, store: St
     to_release = allowed(engine.authorize("t1", ActionInput(agent="a1", action="llm.chat", amounts={"usd": "30"})))
     to_commit = allowed(engine.authorize("t1", ActionInput(agent="a2", action="llm.chat", amounts={"usd": "20"})))
 
-    results = engine.execute([
-        ops(engine, "a1", "10"),
-        engine.commit_operation("t1", "res_000000000000000000000000"),
-        engine.release_operation("t1", to_release),
-        engine.commit_operation("t1", to_commit, {"usd": "20"}),
-        engine.commit_operation("t1", to_commit, {"usd": "20"}),  # a second commit in the same batch
-        ops(engine, "a2", "70"),  # fits only once the release ran
-    ])
+    results = engine.execute(
+        [
+            ops(engine, "a1", "10"),
+            engine.commit_operation("t1", "res_000000000000000000000000"),
+            engine.release_operation("t1", to_release),
+            engine.commit_operation("t1", to_commit, {"usd": "20"}),
+            engine.commit_operation("t1", to_commit, {"usd": "20"}),  # a second commit in the same batch
+            ops(engine, "a2", "70"),  # fits only once the release ran
+        ]
+    )
 
     first, unknown, release, commit, again, last = results
     allowed(first)
@@ -346,11 +388,13 @@ def test_a_batch_keeps_tenants_apart(ops_engine: Engine, store: Store) -> None:
     engine = ops_engine
     engine.create_tenant("t2")
     engine.apply_config("t2", config())
-    engine.commit("t1", allowed(engine.authorize("t1", ActionInput(agent="a1", action="llm.chat",
-                                                                    amounts={"usd": "100"}))))
+    engine.commit(
+        "t1", allowed(engine.authorize("t1", ActionInput(agent="a1", action="llm.chat", amounts={"usd": "100"})))
+    )
 
-    results = engine.execute([ops(engine, "a1", "60", "t1"), ops(engine, "a1", "60", "t2"),
-                              ops(engine, "a2", "60", "t2")])
+    results = engine.execute(
+        [ops(engine, "a1", "60", "t1"), ops(engine, "a1", "60", "t2"), ops(engine, "a2", "60", "t2")]
+    )
 
     exhausted, other_tenant, other_tenant_full = results
     assert isinstance(exhausted, Decision) and exhausted.outcome is Outcome.DENY

@@ -51,10 +51,7 @@ def snapshot(store: Store) -> tuple[list[Any], dict[Any, Any]]:
     """
     with store.transaction() as tx:
         entries = [(e.id, e.kind, e.reservation_id, e.postings, e.detail) for e in tx.ledger_entries("t1")]
-        counters = {
-            key: (c.used, c.held, c.overrun, dict(c.buckets))
-            for key, c in tx.all_counters("t1").items()
-        }
+        counters = {key: (c.used, c.held, c.overrun, dict(c.buckets)) for key, c in tx.all_counters("t1").items()}
     return entries, counters
 
 
@@ -82,7 +79,11 @@ def test_authorize_holds_on_every_budget_of_the_path_that_selects_the_action(eng
     agent_day = reports[AGENT_DAY]
     assert (agent_day.scope, agent_day.meter, agent_day.window) == ("sales/renewals/agent:bot-7", "usd", "day")
     assert (agent_day.limit, agent_day.used, agent_day.held, agent_day.requested, agent_day.remaining) == (
-        25000, 0, 12000, 12000, 13000,
+        25000,
+        0,
+        12000,
+        12000,
+        13000,
     )
     assert agent_day.resets_at_us == NY_MIDNIGHT_US
     assert reports[CRM_HOUR].resets_at_us == START_US + 3600 * US
@@ -111,9 +112,7 @@ def test_authorize_holds_on_every_budget_of_the_path_that_selects_the_action(eng
 
 def test_authorize_skips_budgets_whose_selector_or_meter_does_not_match(engine: Engine, store: Store) -> None:
     chat_decision = engine.authorize("t1", chat("10"))
-    send_decision = engine.authorize(
-        "t1", ActionInput(agent="bot-7", action="email.send", amounts={"sends": "1"})
-    )
+    send_decision = engine.authorize("t1", ActionInput(agent="bot-7", action="email.send", amounts={"sends": "1"}))
 
     # crm.* does not select llm.chat; the accounts budget is not asked without touches.
     assert [b.budget for b in chat_decision.budgets] == [AGENT_DAY, SALES_MONTH, ROOT_MONTH]
@@ -181,7 +180,8 @@ def test_no_retry_after_when_no_retry_can_succeed(engine: Engine, store: Store) 
     mixed = engine.authorize("t1", crm("200"))
     assert mixed.outcome is Outcome.DENY
     assert [(r.code, r.budget) for r in mixed.reasons] == [
-        (ReasonCode.BUDGET_EXHAUSTED, AGENT_DAY), (ReasonCode.PER_ACTION_MAX_EXCEEDED, CRM_HOUR),
+        (ReasonCode.BUDGET_EXHAUSTED, AGENT_DAY),
+        (ReasonCode.PER_ACTION_MAX_EXCEEDED, CRM_HOUR),
     ]
     assert mixed.retry_after_seconds is None
     # Alone, the day budget's refusal does have a retry time: New York midnight.
@@ -196,8 +196,9 @@ def test_no_retry_after_when_a_total_window_is_spent(engine: Engine, store: Stor
     engine.commit("t1", allowed(engine.authorize("t1", spend)))
     before = snapshot(store)
 
-    decision = engine.authorize("t1", ActionInput(agent="helper-1", action="llm.chat", amounts={"tokens": "1"},
-                                                  task="t-1"))
+    decision = engine.authorize(
+        "t1", ActionInput(agent="helper-1", action="llm.chat", amounts={"tokens": "1"}, task="t-1")
+    )
 
     assert decision.outcome is Outcome.DENY
     assert [(r.code, r.budget) for r in decision.reasons] == [(ReasonCode.BUDGET_EXHAUSTED, TASK_TOKENS)]
@@ -205,8 +206,12 @@ def test_no_retry_after_when_a_total_window_is_spent(engine: Engine, store: Stor
     assert decision.retry_after_seconds is None
     assert snapshot(store) == before
     clock.advance(40 * 86400)  # a total window never resets
-    assert engine.authorize("t1", ActionInput(agent="helper-1", action="llm.chat", amounts={"tokens": "1"},
-                                              task="t-1")).outcome is Outcome.DENY
+    assert (
+        engine.authorize(
+            "t1", ActionInput(agent="helper-1", action="llm.chat", amounts={"tokens": "1"}, task="t-1")
+        ).outcome
+        is Outcome.DENY
+    )
     assert_consistent(engine)
 
 
@@ -234,7 +239,10 @@ def test_commit_less_than_held_releases_the_rest(engine: Engine, store: Store) -
     result = engine.commit("t1", rid, {"usd": "100"})
 
     assert (result.status, result.committed, result.released, result.overrun) == (
-        "committed", {"usd": 10000, "accounts": 1}, {"usd": 2000}, {},
+        "committed",
+        {"usd": 10000, "accounts": 1},
+        {"usd": 2000},
+        {},
     )
     assert result.is_late is False
     for budget_id in USD_CRM_PATH:
@@ -277,7 +285,10 @@ def test_commit_beyond_headroom_records_overrun_and_later_authorizations_are_den
     (commit,) = entries(store, EntryKind.COMMIT)
     assert commit.detail["overrun"] == {"usd": 5000}
     assert {p.budget_id: p.overrun for p in commit.postings if p.used} == {
-        AGENT_DAY: 5000, CRM_HOUR: 0, SALES_MONTH: 0, ROOT_MONTH: 0,
+        AGENT_DAY: 5000,
+        CRM_HOUR: 0,
+        SALES_MONTH: 0,
+        ROOT_MONTH: 0,
     }
 
     later = engine.authorize("t1", chat("0.01"))
@@ -505,7 +516,9 @@ def test_commit_after_expiry_is_a_late_commit_counted_now(engine: Engine, store:
     assert (result.committed, result.released, result.overrun) == ({"usd": 8000}, {}, {})
     assert counter(store, AGENT_DAY) == (8000, 0, 0)
     assert [e.kind for e in entries(store) if e.reservation_id == rid] == [
-        EntryKind.HOLD, EntryKind.EXPIRE, EntryKind.LATE_COMMIT,
+        EntryKind.HOLD,
+        EntryKind.EXPIRE,
+        EntryKind.LATE_COMMIT,
     ]
     (late,) = entries(store, EntryKind.LATE_COMMIT)
     assert late.reservation_id == rid
@@ -530,7 +543,9 @@ def test_a_late_commit_without_headroom_is_overrun(engine: Engine, store: Store,
     assert result.overrun == {"usd": 5000}
     assert counter(store, AGENT_DAY) == (30000, 0, 5000)
     assert [e.kind for e in entries(store) if e.reservation_id == late_rid] == [
-        EntryKind.HOLD, EntryKind.EXPIRE, EntryKind.LATE_COMMIT,
+        EntryKind.HOLD,
+        EntryKind.EXPIRE,
+        EntryKind.LATE_COMMIT,
     ]
     assert entries(store, EntryKind.LATE_COMMIT)[0].detail["overrun"] == {"usd": 5000}
     assert engine.authorize("t1", chat("1")).outcome is Outcome.DENY
@@ -619,7 +634,8 @@ def test_a_shadow_denial_does_not_mask_an_enforced_one(engine: Engine, store: St
 
     assert decision.outcome is Outcome.DENY
     assert [(r.code, r.budget) for r in decision.reasons] == [
-        (ReasonCode.EXCEEDS_LIMIT, ROOT_MONTH), (ReasonCode.SHADOW_DENY, SHADOW_DAY),
+        (ReasonCode.EXCEEDS_LIMIT, ROOT_MONTH),
+        (ReasonCode.SHADOW_DENY, SHADOW_DAY),
     ]
     assert snapshot(store) == before
     assert_consistent(engine)

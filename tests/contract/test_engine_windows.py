@@ -73,10 +73,19 @@ def report_of(decision: Decision, budget_id: str) -> Any:
 @pytest.fixture
 def accounts_engine(engine: Engine) -> Engine:
     """Tenant t1 re-configured: agents a1, a2 in `ops`, at most 3 distinct accounts a day."""
-    engine.apply_config("t1", config(scopes={"ops": {"budgets": [
-        {"meter": "accounts", "limit": "3", "window": "day"},
-        {"meter": "usd", "limit": "100", "window": "day"},
-    ]}}))
+    engine.apply_config(
+        "t1",
+        config(
+            scopes={
+                "ops": {
+                    "budgets": [
+                        {"meter": "accounts", "limit": "3", "window": "day"},
+                        {"meter": "usd", "limit": "100", "window": "day"},
+                    ]
+                }
+            }
+        ),
+    )
     return engine
 
 
@@ -117,8 +126,11 @@ def test_same_key_different_request_is_a_mismatch_and_changes_nothing(engine: En
     allowed(engine.authorize("t1", chat("100", idempotency_key="k-1")))
     before = snapshot(store)
 
-    for changed in (chat("101", idempotency_key="k-1"), chat("100", idempotency_key="k-1", task="t-2"),
-                    chat("100", idempotency_key="k-1", lease_seconds=120)):
+    for changed in (
+        chat("101", idempotency_key="k-1"),
+        chat("100", idempotency_key="k-1", task="t-2"),
+        chat("100", idempotency_key="k-1", lease_seconds=120),
+    ):
         with pytest.raises(Conflict) as caught:
             engine.authorize("t1", changed)
         assert caught.value.code == "idempotency_mismatch"
@@ -261,9 +273,7 @@ def test_the_same_account_twice_in_a_day_counts_once(accounts_engine: Engine, st
     assert engine.commit("t1", allowed(second)).committed == {"accounts": 0}
     assert counter(store, ACCOUNTS) == (1, 0, 0)
     # A repeated entity inside one request counts once too.
-    assert engine.commit("t1", allowed(engine.authorize("t1", touch("acct:2", "acct:2")))).committed == {
-        "accounts": 1
-    }
+    assert engine.commit("t1", allowed(engine.authorize("t1", touch("acct:2", "acct:2")))).committed == {"accounts": 1}
     assert counter(store, ACCOUNTS) == (2, 0, 0)
     assert_consistent(engine)
 

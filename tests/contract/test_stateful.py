@@ -174,9 +174,7 @@ LIMIT_MAX = 10**15
 
 
 def reports_of(decision: Decision | UsageResult) -> dict[str, Report]:
-    return {
-        b.budget: Report(b.limit, b.used, b.held, b.requested, b.remaining, b.is_shadow) for b in decision.budgets
-    }
+    return {b.budget: Report(b.limit, b.used, b.held, b.requested, b.remaining, b.is_shadow) for b in decision.budgets}
 
 
 def outcome_of(result: object) -> Outcome:

@@ -44,12 +44,24 @@ def hammer_config() -> dict[str, Any]:
     """A tenant usd budget over every agent, plus one usd budget per agent; windows never reset."""
     return {
         "meters": {"usd": {"kind": "sum", "scale": 2}},
-        "tenant": {"budgets": [{"meter": "usd", "limit": cents_text(HAMMER_LIMIT_CENTS), "window": "total",
-                                "id": "tenant-usd"}]},
+        "tenant": {
+            "budgets": [
+                {"meter": "usd", "limit": cents_text(HAMMER_LIMIT_CENTS), "window": "total", "id": "tenant-usd"}
+            ]
+        },
         "scopes": {"fleet": {"owner": "ops@example.com"}},
         "agents": {
-            agent_name(i): {"scope": "fleet", "budgets": [{"meter": "usd", "limit": cents_text(AGENT_LIMIT_CENTS),
-                                                           "window": "total", "id": f"{agent_name(i)}-usd"}]}
+            agent_name(i): {
+                "scope": "fleet",
+                "budgets": [
+                    {
+                        "meter": "usd",
+                        "limit": cents_text(AGENT_LIMIT_CENTS),
+                        "window": "total",
+                        "id": f"{agent_name(i)}-usd",
+                    }
+                ],
+            }
             for i in range(AGENT_COUNT)
         },
     }
@@ -59,8 +71,9 @@ def reach_config() -> dict[str, Any]:
     """One distinct budget: the fleet may touch at most REACH_LIMIT accounts, ever."""
     return {
         "meters": {"accounts": {"kind": "distinct"}},
-        "scopes": {"fleet": {"budgets": [{"meter": "accounts", "limit": str(REACH_LIMIT), "window": "total",
-                                          "id": "reach"}]}},
+        "scopes": {
+            "fleet": {"budgets": [{"meter": "accounts", "limit": str(REACH_LIMIT), "window": "total", "id": "reach"}]}
+        },
         "agents": {agent_name(i): {"scope": "fleet"} for i in range(AGENT_COUNT)},
     }
 
@@ -69,12 +82,18 @@ def crash_config() -> dict[str, Any]:
     """Budgets far from full, so the crash child is allowed every time and batches stay busy."""
     return {
         "meters": {"usd": {"kind": "sum", "scale": 2}, "accounts": {"kind": "distinct"}},
-        "tenant": {"budgets": [{"meter": "usd", "limit": "100000000", "window": "total", "id": "tenant-usd"},
-                               {"meter": "accounts", "limit": "100000000", "window": "total", "id": "reach"}]},
+        "tenant": {
+            "budgets": [
+                {"meter": "usd", "limit": "100000000", "window": "total", "id": "tenant-usd"},
+                {"meter": "accounts", "limit": "100000000", "window": "total", "id": "reach"},
+            ]
+        },
         "scopes": {"fleet": {}},
         "agents": {
-            agent_name(i): {"scope": "fleet", "budgets": [{"meter": "usd", "limit": "10000000", "window": "total",
-                                                           "id": f"{agent_name(i)}-usd"}]}
+            agent_name(i): {
+                "scope": "fleet",
+                "budgets": [{"meter": "usd", "limit": "10000000", "window": "total", "id": f"{agent_name(i)}-usd"}],
+            }
             for i in range(AGENT_COUNT)
         },
     }
@@ -126,8 +145,10 @@ def _audit_denial(decision: Decision, seen: Seen) -> None:
         if report is None:
             seen.false_denials.append(f"{reason.budget}: named as the reason but not in the report")
         elif report.used + report.held + report.requested <= report.limit:
-            seen.false_denials.append(f"{reason.budget}: denied with used {report.used} held {report.held} "
-                                      f"requested {report.requested} limit {report.limit}")
+            seen.false_denials.append(
+                f"{reason.budget}: denied with used {report.used} held {report.held} "
+                f"requested {report.requested} limit {report.limit}"
+            )
     if not decision.reasons:
         seen.false_denials.append("a denial without a reason")
 
@@ -204,8 +225,15 @@ def reach(engine: Engine, tenant_id: str, agent: str, seed: int, seen: Seen) -> 
 WORKLOADS = {"hammer": hammer, "reach": reach}
 
 
-def run_threads(engines: Sequence[Engine], tenant_id: str, workload: str, *, threads: int, seed: int,
-                start: threading.Event | None = None) -> Seen:
+def run_threads(
+    engines: Sequence[Engine],
+    tenant_id: str,
+    workload: str,
+    *,
+    threads: int,
+    seed: int,
+    start: threading.Event | None = None,
+) -> Seen:
     """Run `threads` workers of one workload, thread i as agent a(i mod 8) on engines[i mod len(engines)].
 
     Returns what they saw, merged.
@@ -247,8 +275,9 @@ def crash(engine: Engine, tenant_id: str, threads: int, lease_seconds: int, out:
         agent = agent_name(index)
         while True:
             touches = {"accounts": [f"acct:{rng.randrange(10_000)}" for _ in range(rng.randint(0, 2))]}
-            request = ActionInput(agent, "llm.chat", {"usd": cents_text(rng.randint(1, 500))}, touches,
-                                  lease_seconds=lease_seconds)
+            request = ActionInput(
+                agent, "llm.chat", {"usd": cents_text(rng.randint(1, 500))}, touches, lease_seconds=lease_seconds
+            )
             decision = engine.authorize(tenant_id, request)
             if not decision.is_allowed:
                 say("denied")

@@ -196,8 +196,13 @@ def test_float_summing_lets_999_through() -> None:
 
 
 def test_a_thousand_tenth_cent_actions_against_one_dollar_allow_at_most_100() -> None:
-    budget = Budget("usd-day", "/", USD, parse_exact_amount("1", 2, field="limit", maximum=LIMIT_BASE_UNITS_MAX),
-                    parse_window("day"))
+    budget = Budget(
+        "usd-day",
+        "/",
+        USD,
+        parse_exact_amount("1", 2, field="limit", maximum=LIMIT_BASE_UNITS_MAX),
+        parse_window("day"),
+    )
     counter = Counter((budget.id, ""))
     cache = BoundsCache()
     counter.advance(budget, NOW_US, UTC, cache)

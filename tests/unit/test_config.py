@@ -149,9 +149,7 @@ def test_unknown_timezone() -> None:
 
 def test_agent_in_an_undeclared_scope() -> None:
     error = problems_of(config(agents={"a1": {"scope": "ops"}, "stray": {"scope": "nowhere"}}))
-    assert error.errors == [
-        {"path": "agents.stray.scope", "message": "scope 'nowhere' is not declared under scopes"}
-    ]
+    assert error.errors == [{"path": "agents.stray.scope", "message": "scope 'nowhere' is not declared under scopes"}]
 
 
 def test_agent_on_the_root_scope_needs_no_declaration() -> None:
@@ -224,8 +222,14 @@ def test_bad_names_and_scope_paths() -> None:
 def test_every_problem_is_listed_and_the_message_counts_them() -> None:
     document = config(
         tenant={"timezone": "Nowhere/Land"},
-        scopes={"ops": {"budgets": [{"meter": "eur", "limit": "1", "window": "day"},
-                                    {"meter": "usd", "limit": "1", "window": "fortnight"}]}},
+        scopes={
+            "ops": {
+                "budgets": [
+                    {"meter": "eur", "limit": "1", "window": "day"},
+                    {"meter": "usd", "limit": "1", "window": "fortnight"},
+                ]
+            }
+        },
         agents={"a1": {"scope": "elsewhere"}},
     )
     error = problems_of(document)

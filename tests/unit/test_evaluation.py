@@ -156,8 +156,12 @@ def test_reasons_name_every_refusing_budget() -> None:
     second = make_budget("second", 50, per_action_max=10)
     third = make_budget("third", 5)
     decision, _, _ = authorize(
-        [(first, make_counter(first, used=95)), (fits, make_counter(fits)), (second, make_counter(second)),
-         (third, make_counter(third))],
+        [
+            (first, make_counter(first, used=95)),
+            (fits, make_counter(fits)),
+            (second, make_counter(second)),
+            (third, make_counter(third)),
+        ],
         {"usd": 20},
     )
     assert decision.outcome is Outcome.DENY

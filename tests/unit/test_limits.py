@@ -79,4 +79,3 @@ def test_scope_paths() -> None:
     # The deepest path of the longest names must be refused by the path bound, not slip past it.
     assert SCOPE_DEPTH_MAX * 2 <= SCOPE_PATH_LENGTH_MAX
     assert NAME_LENGTH_MAX <= SCOPE_PATH_LENGTH_MAX
-

@@ -66,6 +66,32 @@ class TenantRow:
     """JSON: every meter and budget identity the tenant's configs have ever declared."""
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    tenant_id: str
+    key_id: str
+    secret_sha256: str
+    role: str
+    agent: str | None
+    name: str | None
+    created_at_us: int
+    rotated_at_us: int | None
+    revoked_at_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerFilter:
+    """What the audit explorer asks for; None matches everything."""
+
+    agent: str | None = None
+    agents: Sequence[str] | None = None
+    """Entries of any of these agents (a scope's subtree)."""
+    action: str | None = None
+    kind: str | None = None
+    since_us: int = 0
+    until_us: int = 2**62
+
+
 class Transaction(abc.ABC):
     """One unit of work on the store. Locks taken here are held until commit or rollback."""
 
@@ -239,24 +265,7 @@ class Transaction(abc.ABC):
 
     # -- ledger ----------------------------------------------------------------------------
     def ledger_page(self, tenant_id: str, after_id: int, limit: int) -> list[LedgerEntry]:
-        entries = []
-        for entry_id, at_us, kind, rid, agent, action, postings, detail in self._execute(
-            "ledger_page", (tenant_id, after_id, limit)
-        ):
-            entries.append(
-                LedgerEntry(
-                    kind=EntryKind(kind),
-                    tenant_id=tenant_id,
-                    at_us=at_us,
-                    reservation_id=rid,
-                    agent=agent,
-                    action=action,
-                    postings=[Posting.from_row(row) for row in orjson.loads(postings)],
-                    detail=orjson.loads(detail),
-                    id=entry_id,
-                )
-            )
-        return entries
+        return self._entries_from(tenant_id, self._execute("ledger_page", (tenant_id, after_id, limit)))
 
     def ledger_entries(self, tenant_id: str) -> Iterator[LedgerEntry]:
         """Every entry of the tenant in order, read a page at a time (ends: each page moves `after` on)."""
@@ -267,6 +276,79 @@ class Transaction(abc.ABC):
             if len(page) < page_size or page[-1].id is None or page[-1].id <= after:
                 return
             after = page[-1].id
+
+    def _entries_from(self, tenant_id: str, rows: list[tuple[Any, ...]]) -> list[LedgerEntry]:
+        return [
+            LedgerEntry(
+                kind=EntryKind(kind),
+                tenant_id=tenant_id,
+                at_us=at_us,
+                reservation_id=rid,
+                agent=agent,
+                action=action,
+                postings=[Posting.from_row(row) for row in orjson.loads(postings)],
+                detail=orjson.loads(detail),
+                id=entry_id,
+            )
+            for entry_id, at_us, kind, rid, agent, action, postings, detail in rows
+        ]
+
+    def ledger_query(
+        self, tenant_id: str, query: LedgerFilter, *, cursor_id: int | None, is_newest_first: bool, limit: int
+    ) -> list[LedgerEntry]:
+        """One page of filtered entries after (or, newest first, before) `cursor_id`."""
+        agents = None if query.agents is None else self._list(list(query.agents))
+        if is_newest_first:
+            name, start = "ledger_before", 2**62 if cursor_id is None else cursor_id
+        else:
+            name, start = "ledger_after", 0 if cursor_id is None else cursor_id
+        params = (
+            tenant_id,
+            start,
+            query.agent,
+            query.agent,
+            agents,
+            agents,
+            query.action,
+            query.action,
+            query.kind,
+            query.kind,
+            query.since_us,
+            query.until_us,
+            limit,
+        )
+        return self._entries_from(tenant_id, self._execute(name, params))
+
+    def recent_postings(self, tenant_id: str, since_us: int, limit: int) -> list[tuple[int, list[Posting]]]:
+        """Postings of usage (commits, late commits, post-hoc) since `since_us`, newest first."""
+        rows = self._execute("ledger_recent_postings", (tenant_id, since_us, limit))
+        return [(at_us, [Posting.from_row(row) for row in orjson.loads(postings)]) for at_us, postings in rows]
+
+    def count_held(self) -> int:
+        return int(self._execute("count_held", ())[0][0])
+
+    # -- API keys --------------------------------------------------------------------------
+    def insert_key(self, key: KeyRow) -> None:
+        self._execute(
+            "insert_key",
+            (key.tenant_id, key.key_id, key.secret_sha256, key.role, key.agent, key.name, key.created_at_us),
+        )
+
+    def find_key(self, key_id: str) -> KeyRow | None:
+        rows = self._execute("find_key", (key_id,))
+        return KeyRow(*rows[0]) if rows else None
+
+    def list_keys(self, tenant_id: str) -> list[KeyRow]:
+        return [KeyRow(*row) for row in self._execute("list_keys", (tenant_id,))]
+
+    def rotate_key(self, tenant_id: str, key_id: str, secret_sha256: str, now_us: int) -> bool:
+        return bool(self._execute("rotate_key", (secret_sha256, now_us, tenant_id, key_id)))
+
+    def revoke_key(self, tenant_id: str, key_id: str, now_us: int) -> bool:
+        return bool(self._execute("revoke_key", (now_us, tenant_id, key_id)))
+
+    def count_admin_keys(self, tenant_id: str) -> int:
+        return int(self._execute("count_admin_keys", (tenant_id,))[0][0])
 
     # -- writing a batch -------------------------------------------------------------------
     def write(self, tenant_id: str, batch: BatchWrite) -> None:
@@ -386,7 +468,7 @@ class Store(abc.ABC):
         """Bring the schema up to date (idempotent; safe for several processes at once)."""
 
     @abc.abstractmethod
-    def _begin(self) -> Transaction: ...
+    def _begin(self, *, is_read_only: bool = False) -> Transaction: ...
 
     @abc.abstractmethod
     def _rollback(self, transaction: Transaction) -> None: ...
@@ -395,9 +477,13 @@ class Store(abc.ABC):
     def close(self) -> None: ...
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """A unit of work: rolled back unless `commit()` was called inside the block."""
-        transaction = self._begin()
+    def transaction(self, *, is_read_only: bool = False) -> Iterator[Transaction]:
+        """A unit of work: rolled back unless `commit()` was called inside the block.
+
+        A read-only one takes no write lock on SQLite (headroom, ledger and key reads must not
+        queue behind batches); on both stores it sees one consistent snapshot.
+        """
+        transaction = self._begin(is_read_only=is_read_only)
         try:
             yield transaction
         finally:

@@ -84,7 +84,7 @@ class PostgresStore(Store):
                 url = "postgresql+psycopg://" + url[len(prefix) :]
         migrate.upgrade(url)
 
-    def _begin(self) -> Transaction:
+    def _begin(self, *, is_read_only: bool = False) -> Transaction:
         connection = self._pool.getconn()
         return PostgresTransaction(connection, self._statements)
 

@@ -23,11 +23,11 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 
 class SqliteTransaction(Transaction):
-    def __init__(self, connection: sqlite3.Connection, statements: dict[str, str]) -> None:
+    def __init__(self, connection: sqlite3.Connection, statements: dict[str, str], *, is_read_only: bool) -> None:
         super().__init__(statements)
         self._connection = connection
         self.is_open = True
-        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("BEGIN" if is_read_only else "BEGIN IMMEDIATE")
 
     def _list(self, values: Sequence[Any]) -> Any:
         return dumps(list(values))
@@ -76,8 +76,8 @@ class SqliteStore(Store):
         self._connection()
         migrate.upgrade(f"sqlite:///{self.path}")
 
-    def _begin(self) -> Transaction:
-        return SqliteTransaction(self._connection(), self._statements)
+    def _begin(self, *, is_read_only: bool = False) -> Transaction:
+        return SqliteTransaction(self._connection(), self._statements, is_read_only=is_read_only)
 
     def _rollback(self, transaction: Transaction) -> None:
         transaction = cast(SqliteTransaction, transaction)  # this store only hands out its own

@@ -149,3 +149,53 @@ ORDER BY position;
 -- name: ledger_page
 SELECT entry_id, at_us, kind, reservation_id, agent, action, postings, detail FROM ledger
 WHERE tenant_id = %s AND entry_id > %s ORDER BY entry_id LIMIT %s;
+
+-- name: insert_key
+INSERT INTO api_keys (tenant_id, key_id, secret_sha256, role, agent, name, created_at_us)
+VALUES (%s, %s, %s, %s, %s, %s, %s);
+
+-- name: find_key
+SELECT tenant_id, key_id, secret_sha256, role, agent, name, created_at_us, rotated_at_us, revoked_at_us
+FROM api_keys WHERE key_id = %s;
+
+-- name: list_keys
+SELECT tenant_id, key_id, secret_sha256, role, agent, name, created_at_us, rotated_at_us, revoked_at_us
+FROM api_keys WHERE tenant_id = %s ORDER BY created_at_us, key_id;
+
+-- name: rotate_key
+UPDATE api_keys SET secret_sha256 = %s, rotated_at_us = %s
+WHERE tenant_id = %s AND key_id = %s AND revoked_at_us IS NULL RETURNING key_id;
+
+-- name: revoke_key
+UPDATE api_keys SET revoked_at_us = %s
+WHERE tenant_id = %s AND key_id = %s AND revoked_at_us IS NULL RETURNING key_id;
+
+-- name: count_admin_keys
+SELECT count(*) FROM api_keys WHERE tenant_id = %s AND role = 'admin' AND revoked_at_us IS NULL;
+
+-- name: ledger_after
+-- The audit explorer, oldest first from a cursor. A NULL filter matches every entry.
+SELECT entry_id, at_us, kind, reservation_id, agent, action, postings, detail FROM ledger
+WHERE tenant_id = %s AND entry_id > %s
+  AND (%s::text IS NULL OR agent = %s::text) AND (%s::text[] IS NULL OR agent = ANY(%s::text[]))
+  AND (%s::text IS NULL OR action = %s::text) AND (%s::text IS NULL OR kind = %s::text)
+  AND at_us >= %s AND at_us < %s
+ORDER BY entry_id LIMIT %s;
+
+-- name: ledger_before
+-- The audit explorer, newest first from a cursor.
+SELECT entry_id, at_us, kind, reservation_id, agent, action, postings, detail FROM ledger
+WHERE tenant_id = %s AND entry_id < %s
+  AND (%s::text IS NULL OR agent = %s::text) AND (%s::text[] IS NULL OR agent = ANY(%s::text[]))
+  AND (%s::text IS NULL OR action = %s::text) AND (%s::text IS NULL OR kind = %s::text)
+  AND at_us >= %s AND at_us < %s
+ORDER BY entry_id DESC LIMIT %s;
+
+-- name: ledger_recent_postings
+-- Burn rates: the postings of the newest entries since a moment, newest first.
+SELECT at_us, postings FROM ledger
+WHERE tenant_id = %s AND at_us >= %s AND kind IN ('commit', 'late_commit', 'usage')
+ORDER BY at_us DESC LIMIT %s;
+
+-- name: count_held
+SELECT count(*) FROM reservations WHERE status = 'held';

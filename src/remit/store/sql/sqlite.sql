@@ -129,3 +129,53 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?);
 -- name: ledger_page
 SELECT entry_id, at_us, kind, reservation_id, agent, action, postings, detail FROM ledger
 WHERE tenant_id = ? AND entry_id > ? ORDER BY entry_id LIMIT ?;
+
+-- name: insert_key
+INSERT INTO api_keys (tenant_id, key_id, secret_sha256, role, agent, name, created_at_us)
+VALUES (?, ?, ?, ?, ?, ?, ?);
+
+-- name: find_key
+SELECT tenant_id, key_id, secret_sha256, role, agent, name, created_at_us, rotated_at_us, revoked_at_us
+FROM api_keys WHERE key_id = ?;
+
+-- name: list_keys
+SELECT tenant_id, key_id, secret_sha256, role, agent, name, created_at_us, rotated_at_us, revoked_at_us
+FROM api_keys WHERE tenant_id = ? ORDER BY created_at_us, key_id;
+
+-- name: rotate_key
+UPDATE api_keys SET secret_sha256 = ?, rotated_at_us = ?
+WHERE tenant_id = ? AND key_id = ? AND revoked_at_us IS NULL RETURNING key_id;
+
+-- name: revoke_key
+UPDATE api_keys SET revoked_at_us = ?
+WHERE tenant_id = ? AND key_id = ? AND revoked_at_us IS NULL RETURNING key_id;
+
+-- name: count_admin_keys
+SELECT count(*) FROM api_keys WHERE tenant_id = ? AND role = 'admin' AND revoked_at_us IS NULL;
+
+-- name: ledger_after
+-- The audit explorer, oldest first from a cursor. A NULL filter matches every entry.
+SELECT entry_id, at_us, kind, reservation_id, agent, action, postings, detail FROM ledger
+WHERE tenant_id = ? AND entry_id > ?
+  AND (? IS NULL OR agent = ?) AND (? IS NULL OR agent IN (SELECT value FROM json_each(?)))
+  AND (? IS NULL OR action = ?) AND (? IS NULL OR kind = ?)
+  AND at_us >= ? AND at_us < ?
+ORDER BY entry_id LIMIT ?;
+
+-- name: ledger_before
+-- The audit explorer, newest first from a cursor.
+SELECT entry_id, at_us, kind, reservation_id, agent, action, postings, detail FROM ledger
+WHERE tenant_id = ? AND entry_id < ?
+  AND (? IS NULL OR agent = ?) AND (? IS NULL OR agent IN (SELECT value FROM json_each(?)))
+  AND (? IS NULL OR action = ?) AND (? IS NULL OR kind = ?)
+  AND at_us >= ? AND at_us < ?
+ORDER BY entry_id DESC LIMIT ?;
+
+-- name: ledger_recent_postings
+-- Burn rates: the postings of the newest entries since a moment, newest first.
+SELECT at_us, postings FROM ledger
+WHERE tenant_id = ? AND at_us >= ? AND kind IN ('commit', 'late_commit', 'usage')
+ORDER BY at_us DESC LIMIT ?;
+
+-- name: count_held
+SELECT count(*) FROM reservations WHERE status = 'held';

@@ -1,0 +1,471 @@
+"""The HTTP application: routes parse, call the engine or the service, and map errors — nothing else.
+
+Decisions go through one `AsyncBatcher` per process (requests arriving together share a store
+transaction); everything else runs in a worker thread so the event loop never waits on the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from importlib import resources
+from typing import Any
+
+import orjson
+import yaml
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from remit.api.errors import error_response, remit_error_response
+from remit.api.metrics import Metrics
+from remit.batching import AsyncBatcher
+from remit.errors import InvalidRequest, RemitError, Unavailable
+from remit.keys import Principal
+from remit.limits import EXPIRY_SWEEP_SECONDS, REQUEST_BODY_BYTES_MAX
+from remit.service import Service
+from remit.store.base import LedgerFilter
+from remit.wire import (
+    action_input,
+    commit_json,
+    decision_json,
+    expect_object,
+    extend_json,
+    format_time,
+    parse_time,
+    reject_unknown,
+    release_json,
+    usage_json,
+)
+
+log = logging.getLogger("remit.requests")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+async def _body(request: Request, *, allow_yaml: bool = False) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > REQUEST_BODY_BYTES_MAX:
+        raise InvalidRequest(f"the request body is over {REQUEST_BODY_BYTES_MAX} bytes", code="body_too_large")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > REQUEST_BODY_BYTES_MAX:
+            raise InvalidRequest(f"the request body is over {REQUEST_BODY_BYTES_MAX} bytes", code="body_too_large")
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if allow_yaml and content_type in ("application/yaml", "application/x-yaml", "text/yaml"):
+        try:
+            return yaml.safe_load(raw.decode())
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            message = f"the body is not valid YAML: {' '.join(str(error).split())}"
+            raise InvalidRequest(message, code="invalid_json") from None
+    if not raw:
+        return {}
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(f"the body is not valid JSON: {error}", code="invalid_json") from None
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise InvalidRequest(f"{name} must be true or false", code="invalid_field", field=name)
+    return value in ("true", "1")
+
+
+def _query(request: Request, allowed: frozenset[str]) -> Mapping[str, str]:
+    params = request.query_params
+    for name in params:
+        if name not in allowed:
+            raise InvalidRequest(f"unknown query parameter {name!r}", code="invalid_field", field=name)
+    return params
+
+
+class Api:
+    """The routes, bound to one process's service and batcher."""
+
+    def __init__(self, service: Service, batcher: AsyncBatcher, metrics: Metrics) -> None:
+        self.service = service
+        self.batcher = batcher
+        self.metrics = metrics
+
+    async def principal(self, request: Request) -> Principal:
+        header = request.headers.get("authorization")
+        principal = self.service.cached_principal(header)
+        if principal is None:
+            principal = await run_in_threadpool(self.service.authenticate, header)
+        request.state.tenant = principal.tenant_id
+        return principal
+
+    # -- decisions ------------------------------------------------------------------------------
+    async def authorize(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        body = await _body(request)
+        decision = await self.batcher.authorize(principal.tenant_id, action_input(body, agent=principal.agent))
+        self.metrics.decisions.labels(decision.outcome.value).inc()
+        return _json(decision_json(decision))
+
+    async def usage(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        body = await _body(request)
+        result = await self.batcher.report_usage(principal.tenant_id, action_input(body, agent=principal.agent))
+        return _json(usage_json(self.service.engine.tenant_config(principal.tenant_id), result))
+
+    async def commit(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        fields = expect_object(await _body(request))
+        reject_unknown(fields, frozenset({"amounts", "outcome", "idempotency_key"}))
+        amounts = fields.get("amounts")
+        if amounts is not None and not isinstance(amounts, Mapping):
+            raise InvalidRequest(
+                "amounts must be an object of meter → decimal string", code="invalid_field", field="amounts"
+            )
+        result = await self.batcher.commit(
+            principal.tenant_id,
+            request.path_params["reservation"],
+            amounts,
+            outcome=fields.get("outcome", "success"),
+            idempotency_key=fields.get("idempotency_key"),
+            agent=principal.agent,
+        )
+        return _json(commit_json(self.service.engine.tenant_config(principal.tenant_id), result))
+
+    async def release(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        fields = expect_object(await _body(request))
+        reject_unknown(fields, frozenset({"idempotency_key"}))
+        result = await self.batcher.release(
+            principal.tenant_id,
+            request.path_params["reservation"],
+            idempotency_key=fields.get("idempotency_key"),
+            agent=principal.agent,
+        )
+        return _json(release_json(self.service.engine.tenant_config(principal.tenant_id), result))
+
+    async def extend(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        fields = expect_object(await _body(request))
+        reject_unknown(fields, frozenset({"lease_seconds"}))
+        result = await self.batcher.extend(
+            principal.tenant_id,
+            request.path_params["reservation"],
+            fields.get("lease_seconds", 60),
+            agent=principal.agent,
+        )
+        return _json(extend_json(result))
+
+    # -- reads ----------------------------------------------------------------------------------
+    async def headroom(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        params = _query(request, frozenset({"scope"}))
+        return _json(await run_in_threadpool(self.service.headroom, principal, params.get("scope")))
+
+    async def ledger(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        params = _query(
+            request, frozenset({"scope", "agent", "action", "kind", "since", "until", "cursor", "limit", "order"})
+        )
+        limit_text = params.get("limit", "100")
+        if not limit_text.isdigit():
+            raise InvalidRequest("limit must be a whole number", code="invalid_field", field="limit")
+        order = params.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise InvalidRequest("order must be asc or desc", code="invalid_field", field="order")
+        query = LedgerFilter(
+            agent=params.get("agent"),
+            action=params.get("action"),
+            kind=params.get("kind"),
+            since_us=parse_time(params["since"], "since") if "since" in params else 0,
+            until_us=parse_time(params["until"], "until") if "until" in params else 2**62,
+        )
+        page = await run_in_threadpool(
+            lambda: self.service.ledger(
+                principal,
+                query,
+                scope=params.get("scope"),
+                cursor=params.get("cursor"),
+                limit=int(limit_text[:7]),
+                is_newest_first=order == "desc",
+            )
+        )
+        return _json(page)
+
+    async def whoami(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        return _json(
+            {
+                "tenant": principal.tenant_id,
+                "key": principal.key_id,
+                "role": principal.role.value,
+                "agent": principal.agent,
+            }
+        )
+
+    async def check(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        principal.require_admin()
+        report = await run_in_threadpool(self.service.engine.check, principal.tenant_id)
+        return _json(
+            {
+                "tenant": report.tenant_id,
+                "entries": report.entries,
+                "counters": report.counters,
+                "mismatches": report.mismatches,
+                "is_consistent": report.is_consistent,
+            }
+        )
+
+    # -- config and its parts -------------------------------------------------------------------
+    async def get_config(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        return _json(await run_in_threadpool(self.service.get_config, principal))
+
+    async def put_config(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        params = _query(request, frozenset({"dry_run"}))
+        is_dry_run = _flag(request, "dry_run") if "dry_run" in params else False
+        document = expect_object(await _body(request, allow_yaml=True), "the config")
+        result = await run_in_threadpool(
+            lambda: self.service.put_config(principal, document, is_dry_run=is_dry_run, source="config")
+        )
+        return _json(result)
+
+    async def scopes(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        return _json({"scopes": await run_in_threadpool(self.service.list_scopes, principal)})
+
+    async def scope(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        path = request.path_params["path"]
+        if request.method == "GET":
+            return _json(await run_in_threadpool(self.service.get_scope, principal, path))
+        if request.method == "DELETE":
+            return _json(await run_in_threadpool(self.service.delete_scope, principal, path))
+        body = expect_object(await _body(request))
+        return _json(await run_in_threadpool(self.service.put_scope, principal, path, body))
+
+    async def agents(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        return _json({"agents": await run_in_threadpool(self.service.list_agents, principal)})
+
+    async def agent(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        name = request.path_params["name"]
+        if request.method == "GET":
+            return _json(await run_in_threadpool(self.service.get_agent, principal, name))
+        if request.method == "DELETE":
+            return _json(await run_in_threadpool(self.service.delete_agent, principal, name))
+        body = expect_object(await _body(request))
+        return _json(await run_in_threadpool(self.service.put_agent, principal, name, body))
+
+    async def budgets(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        scope = _query(request, frozenset({"scope"})).get("scope")
+        return _json({"budgets": await run_in_threadpool(self.service.list_budgets, principal, scope)})
+
+    async def budget(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        budget_id = request.path_params["budget"]
+        if request.method == "GET":
+            return _json(await run_in_threadpool(self.service.get_budget, principal, budget_id))
+        if request.method == "DELETE":
+            return _json(await run_in_threadpool(self.service.delete_budget, principal, budget_id))
+        body = expect_object(await _body(request))
+        return _json(await run_in_threadpool(self.service.put_budget, principal, budget_id, body))
+
+    # -- keys -----------------------------------------------------------------------------------
+    async def keys(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        if request.method == "GET":
+            return _json({"keys": await run_in_threadpool(self.service.list_keys, principal)})
+        fields = expect_object(await _body(request))
+        reject_unknown(fields, frozenset({"role", "agent", "name"}))
+        created = await run_in_threadpool(
+            lambda: self.service.create_key(
+                principal, role=fields.get("role", "agent"), agent=fields.get("agent"), name=fields.get("name")
+            )
+        )
+        return _json(created, status=201)
+
+    async def key(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        return _json(await run_in_threadpool(self.service.revoke_key, principal, request.path_params["key"]))
+
+    async def rotate_key(self, request: Request) -> Response:
+        principal = await self.principal(request)
+        return _json(await run_in_threadpool(self.service.rotate_key, principal, request.path_params["key"]))
+
+    # -- operations -----------------------------------------------------------------------------
+    async def healthz(self, request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        try:
+            await run_in_threadpool(self.service.engine.store_is_ready)
+        except Exception as error:
+            return error_response("unavailable", f"the store is not reachable: {type(error).__name__}")
+        return _json({"status": "ready"})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        body = await run_in_threadpool(self.metrics.render, self.service.engine, self.batcher)
+        return Response(body, media_type=self.metrics.content_type)
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(OPENAPI_DOCUMENT, media_type="application/json")
+
+
+OPENAPI_DOCUMENT = resources.files("remit.api").joinpath("openapi.json").read_bytes()
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Every RemitError becomes its documented status and body; anything else a 500 in the same shape."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except RemitError as error:
+            return remit_error_response(error)
+        except Exception as error:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return error_response("internal", f"internal error ({type(error).__name__}); the request changed nothing")
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+def routes(api: Api) -> list[Route]:
+    def route(path: str, handler: Handler, methods: list[str]) -> Route:
+        return Route(path, _guarded(handler), methods=methods, name=handler.__name__)
+
+    return [
+        route("/healthz", api.healthz, ["GET"]),
+        route("/readyz", api.readyz, ["GET"]),
+        route("/metrics", api.metrics_endpoint, ["GET"]),
+        route("/openapi.json", api.openapi, ["GET"]),
+        route("/v1/authorize", api.authorize, ["POST"]),
+        route("/v1/usage", api.usage, ["POST"]),
+        route("/v1/reservations/{reservation}/commit", api.commit, ["POST"]),
+        route("/v1/reservations/{reservation}/release", api.release, ["POST"]),
+        route("/v1/reservations/{reservation}/extend", api.extend, ["POST"]),
+        route("/v1/headroom", api.headroom, ["GET"]),
+        route("/v1/ledger", api.ledger, ["GET"]),
+        route("/v1/whoami", api.whoami, ["GET"]),
+        route("/v1/check", api.check, ["GET"]),
+        route("/v1/config", api.get_config, ["GET"]),
+        route("/v1/config", api.put_config, ["PUT"]),
+        route("/v1/scopes", api.scopes, ["GET"]),
+        route("/v1/scopes/{path:path}", api.scope, ["GET", "PUT", "DELETE"]),
+        route("/v1/agents", api.agents, ["GET"]),
+        route("/v1/agents/{name}", api.agent, ["GET", "PUT", "DELETE"]),
+        route("/v1/budgets", api.budgets, ["GET"]),
+        route("/v1/budgets/{budget}", api.budget, ["GET", "PUT", "DELETE"]),
+        route("/v1/keys", api.keys, ["GET", "POST"]),
+        route("/v1/keys/{key}", api.key, ["DELETE"]),
+        route("/v1/keys/{key}/rotate", api.rotate_key, ["POST"]),
+    ]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
+    detail = getattr(exc, "detail", None) or "error"
+    return error_response(code, f"{request.method} {request.url.path}: {detail}", status=status)
+
+
+class RequestLog:
+    """One structured log line per request (method, path, status, duration, tenant) and its metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            seconds = time.perf_counter() - started
+            endpoint = getattr(scope.get("endpoint"), "__name__", "unmatched")
+            self.metrics.observe_request(endpoint, status, seconds)
+            if log.isEnabledFor(logging.INFO):
+                state = scope.get("state") or {}
+                log.info(
+                    "%s",
+                    orjson.dumps(
+                        {
+                            "at": format_time(time.time_ns() // 1000),
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": status,
+                            "duration_ms": round(seconds * 1000, 3),
+                            "tenant": state.get("tenant"),
+                            "client": (scope.get("client") or ("",))[0],
+                        }
+                    ).decode(),
+                )
+
+
+def create_app(service: Service, *, expiry_sweep_seconds: float = EXPIRY_SWEEP_SECONDS) -> Starlette:
+    """The ASGI app. Its lifespan starts the batcher and the expiry sweep and drains both on shutdown."""
+    metrics = Metrics()
+    service.engine.batch_observer = metrics.batch_sizes.observe
+    holder: dict[str, AsyncBatcher] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        batcher = AsyncBatcher(service.engine)
+        api.batcher = batcher
+        holder["batcher"] = batcher
+        sweeper = asyncio.get_running_loop().create_task(_sweep(service, expiry_sweep_seconds))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await batcher.drain()  # every decided request's batch is committed before the store closes
+            batcher.close()
+
+    api = Api(service, None, metrics)  # type: ignore[arg-type]  # the lifespan provides the batcher
+    app = Starlette(
+        routes=routes(api),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
+    )
+    app.add_middleware(RequestLog, metrics=metrics)
+    return app
+
+
+async def _sweep(service: Service, interval_seconds: float) -> None:
+    """Expire abandoned holds of tenants that have no traffic (any batch of a tenant does it too)."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            await run_in_threadpool(service.engine.expire_holds)
+        except (RemitError, Unavailable):
+            log.warning("expiry sweep failed; retrying next round")
+        except Exception:
+            log.exception("expiry sweep failed")

@@ -1,0 +1,179 @@
+"""The JSON shapes of DESIGN.md §4: engine results to wire dicts, request bodies to engine inputs.
+
+Used by the HTTP API and by `remit.Local`, so an in-process caller sees exactly what a remote
+one does. Amounts are decimal strings in the meter's unit; times are RFC 3339 UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from remit.domain.amounts import format_amount
+from remit.domain.decisions import BudgetReport, Decision
+from remit.domain.tenant import TenantConfig
+from remit.domain.windows import to_datetime, to_us
+from remit.errors import Forbidden, InvalidRequest
+from remit.limits import LEASE_SECONDS_DEFAULT
+from remit.operations import ActionInput
+from remit.results import CommitResult, ExtendResult, ReleaseResult, UsageResult
+
+_ACT_FIELDS = frozenset(
+    {"agent", "task", "action", "amounts", "touches", "context", "priority", "lease_seconds", "idempotency_key"}
+)
+
+
+def format_time(us: int | None) -> str | None:
+    if us is None:
+        return None
+    return to_datetime(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: object, field_name: str) -> int:
+    """An RFC 3339 time (a zone offset is required; `Z` means UTC) to integer microseconds."""
+    if not isinstance(text, str) or len(text) > 64:
+        raise InvalidRequest(f"{field_name} must be an RFC 3339 time", code="invalid_field", field=field_name)
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise InvalidRequest(
+            f"{field_name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z, not {text!r}",
+            code="invalid_field",
+            field=field_name,
+        ) from None
+    if moment.tzinfo is None:
+        raise InvalidRequest(f"{field_name} needs a zone offset (e.g. Z)", code="invalid_field", field=field_name)
+    return to_us(moment)
+
+
+def budget_json(report: BudgetReport) -> dict[str, Any]:
+    scale = report.scale
+    return {
+        "budget": report.budget,
+        "scope": report.scope,
+        "meter": report.meter,
+        "window": report.window,
+        "mode": "shadow" if report.is_shadow else "enforce",
+        "limit": format_amount(report.limit, scale),
+        "used": format_amount(report.used, scale),
+        "held": format_amount(report.held, scale),
+        "requested": format_amount(report.requested, scale),
+        "remaining": format_amount(report.remaining, scale),
+        "resets_at": format_time(report.resets_at_us),
+    }
+
+
+def decision_json(decision: Decision) -> dict[str, Any]:
+    return {
+        "decision": decision.outcome.value,
+        "reservation": decision.reservation_id,
+        "lease_expires_at": format_time(decision.lease_expires_at_us),
+        "budgets": [budget_json(report) for report in decision.budgets],
+        "reasons": [
+            {"code": reason.code.value, "budget": reason.budget, "message": reason.message}
+            for reason in decision.reasons
+        ],
+        "retry_after_seconds": decision.retry_after_seconds,
+    }
+
+
+def amounts_json(tenant: TenantConfig, amounts: Mapping[str, int]) -> dict[str, str]:
+    """Base units per meter to decimal strings (a meter since removed from the config shows as integers)."""
+    result = {}
+    for name, value in amounts.items():
+        meter = tenant.meters.get(name)
+        result[name] = format_amount(value, meter.scale if meter is not None else 0)
+    return result
+
+
+def commit_json(tenant: TenantConfig, result: CommitResult) -> dict[str, Any]:
+    return {
+        "reservation": result.reservation_id,
+        "status": result.status,
+        "committed": amounts_json(tenant, result.committed),
+        "released": amounts_json(tenant, result.released),
+        "overrun": amounts_json(tenant, result.overrun),
+        "is_late": result.is_late,
+    }
+
+
+def release_json(tenant: TenantConfig, result: ReleaseResult) -> dict[str, Any]:
+    return {
+        "reservation": result.reservation_id,
+        "status": result.status,
+        "released": amounts_json(tenant, result.released),
+    }
+
+
+def extend_json(result: ExtendResult) -> dict[str, Any]:
+    return {
+        "reservation": result.reservation_id,
+        "status": result.status,
+        "lease_expires_at": format_time(result.lease_expires_at_us),
+    }
+
+
+def usage_json(tenant: TenantConfig, result: UsageResult) -> dict[str, Any]:
+    return {
+        "status": "counted",
+        "budgets": [budget_json(report) for report in result.budgets],
+        "overrun": amounts_json(tenant, result.overrun),
+    }
+
+
+def expect_object(body: object, what: str = "the request body") -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise InvalidRequest(f"{what} must be a JSON object", code="invalid_request")
+    return body
+
+
+def reject_unknown(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(str(name) for name in body if name not in allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})",
+            code="invalid_field",
+            field=unknown[0],
+        )
+
+
+def action_input(body: object, *, agent: str | None) -> ActionInput:
+    """An authorize or usage body to the engine's input. `agent` is the agent key's own agent, if any.
+
+    Field types are checked here only as far as the engine needs them to be the right kind of
+    value; the engine's own validation names every field it refuses.
+    """
+    fields = expect_object(body)
+    reject_unknown(fields, _ACT_FIELDS)
+    named = fields.get("agent")
+    if agent is not None and named is not None and named != agent:
+        raise Forbidden(f"this agent key acts as {agent!r} only, not as {named!r}")
+    acting = agent if agent is not None else named
+    if acting is None:
+        raise InvalidRequest("agent is required with an admin key", code="invalid_field", field="agent")
+    amounts = fields.get("amounts", {})
+    if not isinstance(amounts, Mapping):
+        raise InvalidRequest(
+            "amounts must be an object of meter → decimal string", code="invalid_field", field="amounts"
+        )
+    touches = fields.get("touches", {})
+    if not isinstance(touches, Mapping) or not all(
+        isinstance(value, list) and all(isinstance(item, str) for item in value) for value in touches.values()
+    ):
+        raise InvalidRequest(
+            "touches must be an object of meter → list of entity strings", code="invalid_field", field="touches"
+        )
+    context = fields.get("context")
+    lease = fields.get("lease_seconds")
+    return ActionInput(
+        agent=acting,
+        action=fields.get("action"),  # type: ignore[arg-type]  # checked by the engine, naming the field
+        amounts=amounts,
+        touches=touches,
+        task=fields.get("task"),
+        context={} if context is None else context,
+        priority=fields.get("priority"),
+        lease_seconds=LEASE_SECONDS_DEFAULT if lease is None else lease,
+        idempotency_key=fields.get("idempotency_key"),
+    )
