@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/remit demo
+	$(BIN)/remit serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

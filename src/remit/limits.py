@@ -54,7 +54,7 @@ LEDGER_PAGE_SIZE_DEFAULT = 100
 BURN_RATE_ENTRIES_MAX = 50_000
 """Most ledger entries summed for burn rates; past it the rate is taken over the span they cover."""
 
-KEY_CACHE_SECONDS = 5.0
+KEY_CACHE_SECONDS_MAX = 5
 """How long a process trusts a key it has checked: a revocation in another process lands within this."""
 KEY_CACHE_SIZE_MAX = 10_000
 KEYS_PER_TENANT_MAX = 10_000
@@ -63,7 +63,7 @@ CONFIG_EDIT_ATTEMPTS_MAX = 5
 
 REQUEST_BODY_BYTES_MAX = 4 * 1024 * 1024 + 64 * 1024
 """Largest HTTP request body: a full config document plus room for its wrapping."""
-EXPIRY_SWEEP_SECONDS = 1.0
+EXPIRY_SWEEP_SECONDS_DEFAULT = 1
 """How often a server expires abandoned holds of tenants with no traffic."""
-SHUTDOWN_GRACE_SECONDS = 10
+SHUTDOWN_GRACE_SECONDS_MAX = 10
 """How long a stopping server lets in-flight requests finish."""

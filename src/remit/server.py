@@ -7,10 +7,12 @@ batches commit), drains the batcher, then closes the store: nothing is left half
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -19,7 +21,7 @@ from remit.api.app import create_app
 from remit.bootstrap import open_store, tune_gc_for_service
 from remit.engine import Engine
 from remit.errors import InvalidRequest
-from remit.limits import SHUTDOWN_GRACE_SECONDS
+from remit.limits import SHUTDOWN_GRACE_SECONDS_MAX
 from remit.service import Bootstrap, Service
 
 DEFAULT_HOST = "127.0.0.1"
@@ -86,15 +88,27 @@ def serve(options: ServeOptions, *, announce: Callable[[str], None] = print) -> 
             lifespan="on",
             access_log=False,
             log_level="warning",
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS_MAX,
             backlog=4096,
         )
         server = uvicorn.Server(config)
         announce(f"remit serving http://{options.host}:{options.port} (tenant {options.tenant}; Ctrl-C stops)")
         tune_gc_for_service()
-        server.run()
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
+        # handler that was installed before it. Installing a no-op one here lets the process
+        # close the store and exit 0 after a graceful stop instead of dying by the signal.
+        previous = {sig: signal.signal(sig, _after_graceful_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            server.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     finally:
         store.close()
+
+
+def _after_graceful_stop(sig: int, frame: FrameType | None) -> None:
+    """The signal was already handled (uvicorn drained the server); nothing more to do."""
 
 
 def announce_keys(created: Bootstrap, tenant: str, announce: Callable[[str], None]) -> None:

@@ -26,7 +26,7 @@ from remit.keys import NewKey, Principal, Role, display_prefix, new_key, parse_k
 from remit.limits import (
     BURN_RATE_ENTRIES_MAX,
     CONFIG_EDIT_ATTEMPTS_MAX,
-    KEY_CACHE_SECONDS,
+    KEY_CACHE_SECONDS_MAX,
     KEY_CACHE_SIZE_MAX,
     KEYS_PER_TENANT_MAX,
     LEDGER_PAGE_SIZE_DEFAULT,
@@ -71,7 +71,7 @@ def key_json(row: KeyRow) -> dict[str, Any]:
 class Service:
     """Thread-safe; one per process, beside the engine it wraps."""
 
-    def __init__(self, engine: Engine, *, key_cache_seconds: float = KEY_CACHE_SECONDS) -> None:
+    def __init__(self, engine: Engine, *, key_cache_seconds: float = KEY_CACHE_SECONDS_MAX) -> None:
         self.engine = engine
         self.key_cache_seconds = key_cache_seconds
         self._keys: dict[str, tuple[str, Principal, float]] = {}

@@ -79,3 +79,12 @@ def test_scope_paths() -> None:
     # The deepest path of the longest names must be refused by the path bound, not slip past it.
     assert SCOPE_DEPTH_MAX * 2 <= SCOPE_PATH_LENGTH_MAX
     assert NAME_LENGTH_MAX <= SCOPE_PATH_LENGTH_MAX
+
+
+def test_service_limits() -> None:
+    # A full config document fits in a request body; the default page is a valid page.
+    assert limits.CONFIG_BYTES_MAX < limits.REQUEST_BODY_BYTES_MAX
+    assert 1 <= limits.LEDGER_PAGE_SIZE_DEFAULT <= limits.LEDGER_PAGE_SIZE_MAX
+    # A revoked key stops working within seconds, not minutes.
+    assert 1 <= limits.KEY_CACHE_SECONDS_MAX <= 60
+    assert limits.LEDGER_PAGE_SIZE_MAX <= limits.BURN_RATE_ENTRIES_MAX

@@ -29,7 +29,7 @@ from remit.api.metrics import Metrics
 from remit.batching import AsyncBatcher
 from remit.errors import InvalidRequest, RemitError, Unavailable
 from remit.keys import Principal
-from remit.limits import EXPIRY_SWEEP_SECONDS, REQUEST_BODY_BYTES_MAX
+from remit.limits import EXPIRY_SWEEP_SECONDS_DEFAULT, REQUEST_BODY_BYTES_MAX
 from remit.service import Service
 from remit.store.base import LedgerFilter
 from remit.wire import (
@@ -338,11 +338,20 @@ def _guarded(handler: Handler) -> Handler:
         except RemitError as error:
             return remit_error_response(error)
         except Exception as error:
+            if _is_store_failure(error):
+                log.warning("store failure on %s %s: %s", request.method, request.url.path, error)
+                return error_response("unavailable", f"the store is unavailable ({type(error).__name__}); retry")
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             return error_response("internal", f"internal error ({type(error).__name__}); the request changed nothing")
 
     guarded.__name__ = handler.__name__
     return guarded
+
+
+def _is_store_failure(error: Exception) -> bool:
+    """A database that is down or busy (psycopg / sqlite3 operational errors, pool timeouts)."""
+    module = type(error).__module__
+    return module.startswith(("psycopg", "sqlite3")) or type(error).__name__ == "PoolTimeout"
 
 
 def routes(api: Api) -> list[Route]:
@@ -428,7 +437,7 @@ class RequestLog:
                 )
 
 
-def create_app(service: Service, *, expiry_sweep_seconds: float = EXPIRY_SWEEP_SECONDS) -> Starlette:
+def create_app(service: Service, *, expiry_sweep_seconds: float = EXPIRY_SWEEP_SECONDS_DEFAULT) -> Starlette:
     """The ASGI app. Its lifespan starts the batcher and the expiry sweep and drains both on shutdown."""
     metrics = Metrics()
     service.engine.batch_observer = metrics.batch_sizes.observe

@@ -299,9 +299,9 @@ class Transaction(abc.ABC):
         """One page of filtered entries after (or, newest first, before) `cursor_id`."""
         agents = None if query.agents is None else self._list(list(query.agents))
         if is_newest_first:
-            name, start = "ledger_before", 2**62 if cursor_id is None else cursor_id
+            start = 2**62 if cursor_id is None else cursor_id
         else:
-            name, start = "ledger_after", 0 if cursor_id is None else cursor_id
+            start = 0 if cursor_id is None else cursor_id
         params = (
             tenant_id,
             start,
@@ -317,7 +317,9 @@ class Transaction(abc.ABC):
             query.until_us,
             limit,
         )
-        return self._entries_from(tenant_id, self._execute(name, params))
+        if is_newest_first:
+            return self._entries_from(tenant_id, self._execute("ledger_before", params))
+        return self._entries_from(tenant_id, self._execute("ledger_after", params))
 
     def recent_postings(self, tenant_id: str, since_us: int, limit: int) -> list[tuple[int, list[Posting]]]:
         """Postings of usage (commits, late commits, post-hoc) since `since_us`, newest first."""
