@@ -4,17 +4,22 @@ The names a user needs are exported here; everything else is reachable by module
 """
 
 from remit.bootstrap import open_engine, open_store
+from remit.client import AsyncClient, Client, Local
 from remit.domain.decisions import Decision, Outcome
 from remit.engine import ActionInput, Engine
-from remit.errors import ConfigError, Conflict, InvalidRequest, NotFound, RemitError
+from remit.errors import ConfigError, Conflict, Denied, InvalidRequest, NotFound, RemitError
 
 __all__ = [
     "ActionInput",
+    "AsyncClient",
+    "Client",
     "ConfigError",
     "Conflict",
     "Decision",
+    "Denied",
     "Engine",
     "InvalidRequest",
+    "Local",
     "NotFound",
     "Outcome",
     "RemitError",

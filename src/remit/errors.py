@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -65,6 +66,30 @@ class Conflict(RemitError):
     def __init__(self, message: str, *, code: str, details: Any = None) -> None:
         super().__init__(message, details=details)
         self.code = code
+
+
+class Denied(RemitError):
+    """An action was not allowed: `action()` raises this for every decision but `allow`.
+
+    `decision` is the whole answer of `authorize` (its budgets show the headroom left),
+    `reasons` names each budget that refused, and `retry_after_seconds` says when a retry could
+    succeed (None: not by waiting).
+    """
+
+    code = "denied"
+
+    def __init__(self, decision: Mapping[str, Any], *, action: str | None = None) -> None:
+        self.decision = dict(decision)
+        self.outcome = str(decision.get("decision"))
+        self.reasons: list[dict[str, Any]] = [dict(reason) for reason in decision.get("reasons") or []]
+        retry = decision.get("retry_after_seconds")
+        self.retry_after_seconds: int | None = retry if isinstance(retry, int) else None
+        self.action = action
+        why = "; ".join(str(reason.get("message") or reason.get("code")) for reason in self.reasons)
+        message = f"{action or 'the action'}: {self.outcome}: {why or 'no reason given'}"
+        if self.retry_after_seconds is not None:
+            message += f" (retry after {self.retry_after_seconds}s)"
+        super().__init__(message, details=self.decision)
 
 
 class Overloaded(RemitError):

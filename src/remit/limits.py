@@ -51,6 +51,8 @@ CONFIG_BYTES_MAX = 4 * 1024 * 1024
 
 LEDGER_PAGE_SIZE_MAX = 1000
 LEDGER_PAGE_SIZE_DEFAULT = 100
+LEDGER_FOLLOW_ENTRIES_MAX = 10_000
+"""Most entries `remit ledger --all` follows through cursors in one run."""
 BURN_RATE_ENTRIES_MAX = 50_000
 """Most ledger entries summed for burn rates; past it the rate is taken over the span they cover."""
 

@@ -440,6 +440,8 @@ class Service:
                     principal.agent, query.agents, query.action, query.kind, query.since_us, query.until_us
                 )
             if scope is not None and scope != ROOT_SCOPE:
+                if not any(in_subtree(path, scope) for path in tenant.scopes):
+                    raise NotFound(f"scope {scope!r} does not exist")
                 agents = [a.name for a in tenant.agents.values() if in_subtree(a.scope, scope)]
                 query = LedgerFilter(query.agent, agents, query.action, query.kind, query.since_us, query.until_us)
             entries = tx.ledger_query(

@@ -129,6 +129,7 @@ def test_a_taken_port_is_one_line_and_exit_2(database: Path) -> None:
             capture_output=True,
             text=True,
             timeout=60,
+            check=False,
         )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr

@@ -17,11 +17,15 @@ import remit
 
 EXPECTED = [
     "ActionInput",
+    "AsyncClient",
+    "Client",
     "ConfigError",
     "Conflict",
     "Decision",
+    "Denied",
     "Engine",
     "InvalidRequest",
+    "Local",
     "NotFound",
     "Outcome",
     "RemitError",
@@ -41,7 +45,7 @@ def test_every_exported_name_exists() -> None:
 
 
 def test_exported_errors_share_the_base() -> None:
-    for name in ("ConfigError", "Conflict", "InvalidRequest", "NotFound"):
+    for name in ("ConfigError", "Conflict", "Denied", "InvalidRequest", "NotFound"):
         assert issubclass(getattr(remit, name), remit.RemitError)
         assert isinstance(getattr(remit, name).code, str)
 
@@ -54,7 +58,7 @@ def test_star_import_gives_only_all() -> None:
 
 CHILD = """
 import os, sys
-import remit, remit.config, remit.engine, remit.bootstrap, remit.store.sqlite, remit.store.postgres
+import remit, remit.config, remit.engine, remit.bootstrap, remit.client, remit.store.sqlite, remit.store.postgres
 import remit.domain.windows, remit.domain.evaluation
 print(sorted(os.listdir(".")))
 """

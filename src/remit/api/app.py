@@ -29,7 +29,7 @@ from remit.api.metrics import Metrics
 from remit.batching import AsyncBatcher
 from remit.errors import InvalidRequest, RemitError, Unavailable
 from remit.keys import Principal
-from remit.limits import EXPIRY_SWEEP_SECONDS_DEFAULT, REQUEST_BODY_BYTES_MAX
+from remit.limits import EXPIRY_SWEEP_SECONDS_DEFAULT, LEASE_SECONDS_DEFAULT, REQUEST_BODY_BYTES_MAX
 from remit.service import Service
 from remit.store.base import LedgerFilter
 from remit.wire import (
@@ -161,7 +161,7 @@ class Api:
         result = await self.batcher.extend(
             principal.tenant_id,
             request.path_params["reservation"],
-            fields.get("lease_seconds", 60),
+            fields.get("lease_seconds", LEASE_SECONDS_DEFAULT),
             agent=principal.agent,
         )
         return _json(extend_json(result))
@@ -379,7 +379,7 @@ def routes(api: Api) -> list[Route]:
         route("/v1/agents", api.agents, ["GET"]),
         route("/v1/agents/{name}", api.agent, ["GET", "PUT", "DELETE"]),
         route("/v1/budgets", api.budgets, ["GET"]),
-        route("/v1/budgets/{budget}", api.budget, ["GET", "PUT", "DELETE"]),
+        route("/v1/budgets/{budget:path}", api.budget, ["GET", "PUT", "DELETE"]),
         route("/v1/keys", api.keys, ["GET", "POST"]),
         route("/v1/keys/{key}", api.key, ["DELETE"]),
         route("/v1/keys/{key}/rotate", api.rotate_key, ["POST"]),
