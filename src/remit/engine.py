@@ -137,7 +137,7 @@ class Engine:
                         )
                     effective = config_io.with_timezone(parsed, row.timezone)
                     canonical = dumps(effective.document)
-                    if row.config == canonical:
+                    if orjson.loads(row.config) == effective.document:  # key order does not make a change
                         return self._load_tenant(tx, tenant_id)  # unchanged: nothing to apply or record
                     tenant = config_io.build_tenant(tenant_id, effective.document, row.config_version + 1)
                     old = config_io.build_tenant(

@@ -238,7 +238,7 @@ class Service:
             tenant_id, document, source=source, is_dry_run=is_dry_run, expected_version=expected_version
         )
         changes = diff_configs(before, after)
-        version = before.version if is_dry_run or not changes else after.version
+        version = before.version if is_dry_run else after.version
         return {"dry_run": is_dry_run, "version": version, "changes": changes}
 
     def edit_config(
@@ -313,12 +313,24 @@ class Service:
         return self.edit_config(principal, edit, source=f"agents.{name}")
 
     def delete_agent(self, principal: Principal, name: str) -> dict[str, Any]:
+        """Remove the agent from the config and revoke its keys: a retired agent cannot act again."""
+
         def edit(document: dict[str, Any]) -> None:
             if name not in document.get("agents", {}):
                 raise NotFound(f"agent {name!r} does not exist")
             del document["agents"][name]
 
-        return self.edit_config(principal, edit, source=f"agents.{name}")
+        applied = self.edit_config(principal, edit, source=f"agents.{name}")
+        revoked = []
+        with self.engine.store.transaction() as tx:
+            for row in tx.list_keys(principal.tenant_id):
+                if row.agent == name and row.revoked_at_us is None:
+                    tx.revoke_key(principal.tenant_id, row.key_id, self.clock())
+                    revoked.append(row.key_id)
+            tx.commit()
+        for key_id in revoked:
+            self._forget_key(key_id)
+        return {**applied, "revoked_keys": revoked}
 
     def list_budgets(self, principal: Principal, scope: str | None = None) -> list[dict[str, Any]]:
         principal.require_admin()

@@ -33,7 +33,10 @@ def test_exact_amounts_convert_to_base_units() -> None:
     assert parse_amount("120.50", 2, field="usd") == 12050
     assert parse_amount("7", 0, field="sends") == 7
     assert parse_amount(7, 0, field="sends") == 7
-    assert parse_amount("  3.5 ", 1, field="x") == 35
+    assert parse_amount("3.5", 1, field="x") == 35
+    for loose in ("  3.5 ", "1_000", "NaN", "0x10", "1e", "."):  # Decimal() takes some of these; an amount does not
+        with pytest.raises(InvalidRequest, match="not a decimal number"):
+            parse_amount(loose, 1, field="x")
     assert parse_amount("1e2", 0, field="x") == 100
     assert parse_amount("0.000001", 6, field="usd") == 1
 

@@ -19,7 +19,7 @@ import yaml
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from remit.api.errors import error_response, remit_error_response
 from remit.api.metrics import Metrics
 from remit.batching import AsyncBatcher
+from remit.domain.ledger import EntryKind
 from remit.errors import InvalidRequest, RemitError, Unavailable
 from remit.keys import Principal
 from remit.limits import EXPIRY_SWEEP_SECONDS_DEFAULT, LEASE_SECONDS_DEFAULT, REQUEST_BODY_BYTES_MAX
@@ -47,7 +48,12 @@ from remit.wire import (
 
 log = logging.getLogger("remit.requests")
 
+LEDGER_KINDS = frozenset(kind.value for kind in EntryKind)
+
 Handler = Callable[[Request], Awaitable[Response]]
+
+CLIENT_CLOSED_REQUEST = 499
+"""Logged (never sent) when a client disconnects before its request was read: nginx's convention."""
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -180,13 +186,18 @@ class Api:
         limit_text = params.get("limit", "100")
         if not limit_text.isdigit():
             raise InvalidRequest("limit must be a whole number", code="invalid_field", field="limit")
+        kind = params.get("kind")
+        if kind is not None and kind not in LEDGER_KINDS:
+            raise InvalidRequest(
+                f"kind must be one of {', '.join(sorted(LEDGER_KINDS))}", code="invalid_field", field="kind"
+            )
         order = params.get("order", "desc")
         if order not in ("asc", "desc"):
             raise InvalidRequest("order must be asc or desc", code="invalid_field", field="order")
         query = LedgerFilter(
             agent=params.get("agent"),
             action=params.get("action"),
-            kind=params.get("kind"),
+            kind=kind,
             since_us=parse_time(params["since"], "since") if "since" in params else 0,
             until_us=parse_time(params["until"], "until") if "until" in params else 2**62,
         )
@@ -337,6 +348,9 @@ def _guarded(handler: Handler) -> Handler:
             return await handler(request)
         except RemitError as error:
             return remit_error_response(error)
+        except ClientDisconnect:
+            # The caller went away mid-body: nothing was decided; there is no one to answer.
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         except Exception as error:
             if _is_store_failure(error):
                 log.warning("store failure on %s %s: %s", request.method, request.url.path, error)

@@ -9,6 +9,7 @@ more places than the scale is an error, not a rounding.
 from __future__ import annotations
 
 import decimal
+import re
 import enum
 from dataclasses import dataclass, field
 
@@ -40,6 +41,9 @@ _MAGNITUDE_DIGITS_MAX = 30
 _CONTEXT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Overflow])
 
 
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+
+
 def _to_decimal(text: object, field: str) -> decimal.Decimal:
     if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise InvalidRequest(
@@ -49,9 +53,14 @@ def _to_decimal(text: object, field: str) -> decimal.Decimal:
         )
     if isinstance(text, int) and text.bit_length() > _INT_BITS_MAX:
         raise InvalidRequest(f"{field}: amount is too long", code="invalid_amount", field=field)
-    raw = str(text).strip()
+    raw = str(text)
     if not raw or len(raw) > AMOUNT_TEXT_LENGTH_MAX:
         raise InvalidRequest(f"{field}: amount {raw!r} is empty or too long", code="invalid_amount", field=field)
+    if _DECIMAL_TEXT.match(raw) is None:
+        # Decimal() alone would also take " 1", "1_000" and "NaN"; an amount is plain digits.
+        raise InvalidRequest(
+            f'{field}: {raw!r} is not a decimal number such as "12.50"', code="invalid_amount", field=field
+        )
     try:
         value = decimal.Decimal(raw)  # exact, whatever its exponent: checked below before any arithmetic
     except decimal.DecimalException:
