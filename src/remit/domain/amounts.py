@@ -9,8 +9,8 @@ more places than the scale is an error, not a rounding.
 from __future__ import annotations
 
 import decimal
-import re
 import enum
+import re
 from dataclasses import dataclass, field
 
 from remit.errors import InvalidRequest
