@@ -172,6 +172,9 @@ class TenantBatch:
         return chosen
 
     def _lock_counters(self, acts: list[Act]) -> None:
+        # A request whose idempotency key is already answered is replayed or refused without
+        # counters: locking (and so creating) its per-task counters would grow the store on retries.
+        acts = [act for act in acts if act.idempotency_key is None or act.idempotency_key not in self.answered_keys]
         keys: set[CounterKey] = set()
         for act in acts:
             keys.update((budget.id, instance) for budget, instance in self._consulted_budgets(act))

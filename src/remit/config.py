@@ -58,7 +58,7 @@ class BudgetDoc(_Model):
 
 class MeterDoc(_Model):
     kind: Literal["sum", "distinct"] = "sum"
-    scale: int = pydantic.Field(default=0, ge=0, le=METER_SCALE_MAX)
+    scale: int = pydantic.Field(default=0, ge=0, le=METER_SCALE_MAX, strict=True)
 
 
 class ScopeDoc(_Model):

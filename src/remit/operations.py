@@ -7,6 +7,7 @@ store: a failed request leaves every balance and the ledger as they were.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -101,12 +102,21 @@ def expect_result(result: Result, kind: type[_T]) -> _T:
     return result
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+"""Refused in names and keys: a NUL cannot be stored in a PostgreSQL text column, and control
+characters in an audit trail only hide what a name really says."""
+
+
 def check_name(value: object, field_name: str) -> str:
     if not isinstance(value, str) or not value or len(value) > NAME_LENGTH_MAX:
         raise InvalidRequest(
             f"{field_name} must be a non-empty string of at most {NAME_LENGTH_MAX} characters",
             code="invalid_field",
             field=field_name,
+        )
+    if _CONTROL_CHARACTER.search(value) is not None:
+        raise InvalidRequest(
+            f"{field_name} must not contain control characters", code="invalid_field", field=field_name
         )
     return value
 
@@ -146,9 +156,14 @@ def _check_context(context: object) -> dict[str, Any]:
 def check_key(key: object) -> str | None:
     if key is None:
         return None
-    if not isinstance(key, str) or not key or len(key) > IDEMPOTENCY_KEY_LENGTH_MAX:
+    if (
+        not isinstance(key, str)
+        or not key
+        or len(key) > IDEMPOTENCY_KEY_LENGTH_MAX
+        or _CONTROL_CHARACTER.search(key) is not None
+    ):
         raise InvalidRequest(
-            f"idempotency_key must be a string of 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} characters",
+            f"idempotency_key must be a string of 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} characters, no control characters",
             code="invalid_field",
             field="idempotency_key",
         )
@@ -256,7 +271,12 @@ def parse_touches(tenant: TenantConfig, touches: Mapping[str, Sequence[str]]) ->
         if not isinstance(entities, (list, tuple)):
             raise InvalidRequest(f"{where} must be a list of entity ids", code="invalid_field", field=where)
         for entity in entities:
-            if type(entity) is not str or not entity or len(entity) > NAME_LENGTH_MAX:
+            if (
+                type(entity) is not str
+                or not entity
+                or len(entity) > NAME_LENGTH_MAX
+                or _CONTROL_CHARACTER.search(entity)
+            ):
                 check_name(entity, where)
         unique = tuple(dict.fromkeys(entities))
         count += len(unique)

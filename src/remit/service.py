@@ -546,7 +546,7 @@ def _exhaustion_us(remaining: int, burn_per_hour: int, now_us: int, reset_us: in
 def _parse_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
         raise InvalidRequest("cursor is not one this API returned", code="invalid_field", field="cursor")
     return int(cursor)
 

@@ -44,7 +44,10 @@ def parse_time(text: object, field_name: str) -> int:
         ) from None
     if moment.tzinfo is None:
         raise InvalidRequest(f"{field_name} needs a zone offset (e.g. Z)", code="invalid_field", field=field_name)
-    return to_us(moment)
+    try:
+        return to_us(moment)
+    except (OverflowError, ValueError):
+        raise InvalidRequest(f"{field_name} is out of range", code="invalid_field", field=field_name) from None
 
 
 def budget_json(report: BudgetReport) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from remit.domain.ledger import EntryKind
 from remit.errors import InvalidRequest, RemitError, Unavailable
 from remit.keys import Principal
 from remit.limits import EXPIRY_SWEEP_SECONDS_DEFAULT, LEASE_SECONDS_DEFAULT, REQUEST_BODY_BYTES_MAX
+from remit.operations import check_name
 from remit.service import Service
 from remit.store.base import LedgerFilter
 from remit.wire import (
@@ -60,7 +61,7 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-async def _body(request: Request, *, allow_yaml: bool = False) -> Any:
+async def _body(request: Request, *, allow_yaml: bool = False, is_empty_allowed: bool = True) -> Any:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > REQUEST_BODY_BYTES_MAX:
         raise InvalidRequest(f"the request body is over {REQUEST_BODY_BYTES_MAX} bytes", code="body_too_large")
@@ -69,6 +70,9 @@ async def _body(request: Request, *, allow_yaml: bool = False) -> Any:
         raw += chunk
         if len(raw) > REQUEST_BODY_BYTES_MAX:
             raise InvalidRequest(f"the request body is over {REQUEST_BODY_BYTES_MAX} bytes", code="body_too_large")
+    if not raw.strip() and not is_empty_allowed:
+        # An empty config would remove every meter, scope, agent and budget: that must be said on purpose.
+        raise InvalidRequest("the body is empty; send the config (or {} to remove everything)", code="invalid_request")
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if allow_yaml and content_type in ("application/yaml", "application/x-yaml", "text/yaml"):
         try:
@@ -184,7 +188,7 @@ class Api:
             request, frozenset({"scope", "agent", "action", "kind", "since", "until", "cursor", "limit", "order"})
         )
         limit_text = params.get("limit", "100")
-        if not limit_text.isdigit():
+        if not (limit_text.isascii() and limit_text.isdigit()):
             raise InvalidRequest("limit must be a whole number", code="invalid_field", field="limit")
         kind = params.get("kind")
         if kind is not None and kind not in LEDGER_KINDS:
@@ -194,6 +198,9 @@ class Api:
         order = params.get("order", "desc")
         if order not in ("asc", "desc"):
             raise InvalidRequest("order must be asc or desc", code="invalid_field", field="order")
+        for name in ("scope", "agent", "action"):
+            if name in params:
+                check_name(params[name], name)
         query = LedgerFilter(
             agent=params.get("agent"),
             action=params.get("action"),
@@ -247,7 +254,8 @@ class Api:
         principal = await self.principal(request)
         params = _query(request, frozenset({"dry_run"}))
         is_dry_run = _flag(request, "dry_run") if "dry_run" in params else False
-        document = expect_object(await _body(request, allow_yaml=True), "the config")
+        raw = await _body(request, allow_yaml=True, is_empty_allowed=False)
+        document = expect_object(raw, "the config")
         result = await run_in_threadpool(
             lambda: self.service.put_config(principal, document, is_dry_run=is_dry_run, source="config")
         )
@@ -363,9 +371,13 @@ def _guarded(handler: Handler) -> Handler:
 
 
 def _is_store_failure(error: Exception) -> bool:
-    """A database that is down or busy (psycopg / sqlite3 operational errors, pool timeouts)."""
+    """A database that is down or busy (connection and operational errors, pool timeouts).
+
+    Data errors are not here: bad input reaching the store is a bug to see, not a 503 to retry.
+    """
+    name = type(error).__name__
     module = type(error).__module__
-    return module.startswith(("psycopg", "sqlite3")) or type(error).__name__ == "PoolTimeout"
+    return name in {"OperationalError", "InterfaceError", "PoolTimeout"} and module.startswith(("psycopg", "sqlite3"))
 
 
 def routes(api: Api) -> list[Route]:
@@ -404,7 +416,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 500)
     code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
     detail = getattr(exc, "detail", None) or "error"
-    return error_response(code, f"{request.method} {request.url.path}: {detail}", status=status)
+    headers = getattr(exc, "headers", None)  # 405 carries Allow
+    return error_response(code, f"{request.method} {request.url.path}: {detail}", status=status, headers=headers)
 
 
 class RequestLog:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -40,12 +41,21 @@ def status_of(code: str) -> int:
     return _STATUS_BY_CODE.get(code, 422)
 
 
-def error_response(code: str, message: str, details: Any = None, *, status: int | None = None) -> Response:
+def error_response(
+    code: str,
+    message: str,
+    details: Any = None,
+    *,
+    status: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     status = status_of(code) if status is None else status
     body = orjson.dumps({"error": {"code": code, "message": message, "details": details}})
-    headers = {"retry-after": RETRY_AFTER_SECONDS} if status == 503 else None
+    headers = dict(headers or {})
+    if status == 503:
+        headers["retry-after"] = RETRY_AFTER_SECONDS
     if status == 401:
-        headers = {"www-authenticate": 'Bearer realm="remit"'}
+        headers["www-authenticate"] = 'Bearer realm="remit"'
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
