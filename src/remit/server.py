@@ -6,10 +6,8 @@ batches commit), drains the batcher, then closes the store: nothing is left half
 
 from __future__ import annotations
 
-import logging
 import signal
 import socket
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
@@ -18,6 +16,7 @@ from typing import Any
 import uvicorn
 
 from remit.api.app import create_app
+from remit.api.requestlog import RequestLogWriter
 from remit.bootstrap import open_store, tune_gc_for_service
 from remit.engine import Engine
 from remit.errors import InvalidRequest
@@ -54,19 +53,6 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def configure_request_log(is_enabled: bool) -> None:
-    logger = logging.getLogger("remit.requests")
-    logger.handlers.clear()
-    logger.propagate = False
-    if is_enabled:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    else:
-        logger.setLevel(logging.WARNING)
-
-
 def serve(options: ServeOptions, *, announce: Callable[[str], None] = print) -> None:
     """Run until interrupted. `announce` receives the lines a user needs (keys once, the address)."""
     check_port_free(options.host, options.port)
@@ -77,8 +63,7 @@ def serve(options: ServeOptions, *, announce: Callable[[str], None] = print) -> 
         if options.config is not None:
             created = service.bootstrap_tenant(options.tenant, options.config, source=options.config_source)
             announce_keys(created, options.tenant, announce)
-        configure_request_log(options.is_logging_requests)
-        app = create_app(service)
+        app = create_app(service, request_log=RequestLogWriter() if options.is_logging_requests else None)
         config = uvicorn.Config(
             app,
             host=options.host,
@@ -90,6 +75,7 @@ def serve(options: ServeOptions, *, announce: Callable[[str], None] = print) -> 
             log_level="warning",
             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS_MAX,
             backlog=4096,
+            proxy_headers=False,  # the log shows the peer address; trusting X-Forwarded-For is a deployment choice
         )
         server = uvicorn.Server(config)
         announce(f"remit serving http://{options.host}:{options.port} (tenant {options.tenant}; Ctrl-C stops)")

@@ -7,6 +7,7 @@ these; the hot path (authorize / commit / …) goes through `remit.batching.Asyn
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -143,7 +144,9 @@ class Service:
         with self._keys_lock:
             if len(self._keys) >= KEY_CACHE_SIZE_MAX:
                 self._keys.clear()
-            self._keys[key_id] = (row.secret_sha256, principal, now + self.key_cache_seconds)
+            # Expiries are spread over the second half of the TTL: keys first seen together
+            # (a fleet starting up) would otherwise all be looked up again at the same moment.
+            self._keys[key_id] = (row.secret_sha256, principal, now + self.key_cache_seconds * random.uniform(0.5, 1))
         return principal
 
     def _forget_key(self, key_id: str) -> None:

@@ -24,10 +24,22 @@ _ACT_FIELDS = frozenset(
 )
 
 
+_SECONDS_TEXT: dict[int, str] = {}
+"""Whole seconds already formatted: answers repeat the same few window ends and lease deadlines."""
+_SECONDS_TEXT_SIZE_MAX = 4096
+
+
 def format_time(us: int | None) -> str | None:
+    """RFC 3339 UTC with microseconds (`2026-01-31T12:00:00.000000Z`)."""
     if us is None:
         return None
-    return to_datetime(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    second, micros = divmod(us, 1_000_000)
+    text = _SECONDS_TEXT.get(second)
+    if text is None:
+        if len(_SECONDS_TEXT) >= _SECONDS_TEXT_SIZE_MAX:
+            _SECONDS_TEXT.clear()
+        text = _SECONDS_TEXT[second] = to_datetime(second * 1_000_000).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{micros:06d}Z"
 
 
 def parse_time(text: object, field_name: str) -> int:

@@ -1,0 +1,75 @@
+"""The request log writes every line it was given, as JSON, in order, with RFC 3339 times.
+
+How: a writer on a pipe gets lines from inside an event loop (buffered, flushed by its timer or
+when full) and from outside one (written at once); the pipe's bytes are parsed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+
+import orjson
+
+from remit.api.requestlog import REQUEST_LOG_FLUSH_SECONDS, RequestLogWriter
+from remit.limits import REQUEST_LOG_BUFFER_LINES_MAX
+
+
+def read_lines(fd: int) -> list[dict[str, object]]:
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            data += chunk
+    except BlockingIOError:
+        pass
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+def test_lines_are_buffered_then_flushed_in_order() -> None:
+    read_end, write_end = os.pipe()
+    writer = RequestLogWriter(write_end)
+
+    async def scenario() -> tuple[int, int]:
+        for index in range(10):
+            writer.write({"n": index})
+        waiting = len(read_lines(read_end))
+        await asyncio.sleep(REQUEST_LOG_FLUSH_SECONDS * 3)
+        return waiting, len(read_lines(read_end))
+
+    try:
+        waiting, flushed = asyncio.run(scenario())
+        assert waiting == 0, "lines wait for the flush timer"
+        assert flushed == 10
+    finally:
+        os.close(write_end)
+    os.close(read_end)
+
+
+def test_a_full_buffer_and_a_caller_without_a_loop_write_at_once() -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, True)
+    writer = RequestLogWriter(write_end)
+    try:
+        writer.write({"outside": "a loop"})
+        assert read_lines(read_end) == [{"outside": "a loop"}]
+
+        async def fill() -> list[dict[str, object]]:
+            for index in range(REQUEST_LOG_BUFFER_LINES_MAX):
+                writer.write({"n": index})
+            return read_lines(read_end)
+
+        written = asyncio.run(fill())
+        assert [line["n"] for line in written] == list(range(REQUEST_LOG_BUFFER_LINES_MAX))
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
+def test_timestamps_are_rfc3339_utc_with_microseconds() -> None:
+    writer = RequestLogWriter(2)
+    for us in (0, 1_795_444_094_002_035, 1_795_444_094_999_999, 1_795_444_095_000_000):
+        moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
+        expected = moment.strftime("%Y-%m-%dT%H:%M:%S")
+        assert writer.timestamp(us) == f"{expected}.{us % 1_000_000:06d}Z"
