@@ -70,6 +70,6 @@ def test_a_full_buffer_and_a_caller_without_a_loop_write_at_once() -> None:
 def test_timestamps_are_rfc3339_utc_with_microseconds() -> None:
     writer = RequestLogWriter(2)
     for us in (0, 1_795_444_094_002_035, 1_795_444_094_999_999, 1_795_444_095_000_000):
-        moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
+        moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
         expected = moment.strftime("%Y-%m-%dT%H:%M:%S")
         assert writer.timestamp(us) == f"{expected}.{us % 1_000_000:06d}Z"
