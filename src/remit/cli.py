@@ -409,6 +409,7 @@ def _bar(used_text: str, held_text: str, limit_text: str) -> Text:
     taken_chars = min(BAR_WIDTH_CHARS, int(share * BAR_WIDTH_CHARS))
     if (used + held) > 0 and taken_chars == 0:
         taken_chars = 1  # a sliver in use shows, so "empty" means empty
+        used_chars = 1 if used > 0 else 0  # as the glyph of what it is: used, else held
     held_chars = max(0, taken_chars - used_chars)
     style = "green" if share < Decimal("0.75") else "yellow" if share < Decimal("0.9") else "red"
     bar = Text()
