@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pydantic
@@ -42,7 +42,14 @@ class _Model(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", strict=False)
 
 
-Amount = str | int
+def _check_amount(value: object) -> object:
+    # Before pydantic's own coercion, which would read `false` as 0 and `1.5` as a float.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError('an amount is a decimal string such as "12.50" (or an integer)')
+    return value
+
+
+Amount = Annotated[str | int, pydantic.BeforeValidator(_check_amount)]
 
 
 class BudgetDoc(_Model):
@@ -141,7 +148,10 @@ def parse_document(document: Mapping[str, Any], *, source: str = "<config>") -> 
     try:
         model = ConfigDoc.model_validate(dict(document))
     except pydantic.ValidationError as error:
-        found = [{"path": _path_text(tuple(e["loc"])), "message": e["msg"]} for e in error.errors()]
+        found = [
+            {"path": _path_text(tuple(e["loc"])), "message": e["msg"].removeprefix("Value error, ")}
+            for e in error.errors()
+        ]
         raise config_error(source, found) from None
     problems: list[dict[str, str]] = []
     _check(model, problems)

@@ -16,8 +16,8 @@ reservation or key in its path, follow from the case's own content, so a replay 
 Cases that would wreck the fixture (revoking or rotating the test's own keys, replacing or
 removing its scopes, agents or budgets, applying a whole new config) are kept harmless.
 
-SQLite only: PostgreSQL doubles the run time; it was fuzzed by hand with the same test, and
-what it found (NUL bytes) is pinned below with the other requests fuzzing once got through.
+Both stores (a fresh SQLite file, a fresh PostgreSQL database): what PostgreSQL alone refused
+(NUL bytes) is pinned below with the other requests fuzzing once got through.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from remit.bootstrap import open_store
 from remit.config import load_file
 from remit.engine import Engine
 from remit.service import Service
+
+from .conftest import STORES, fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "remit.yaml"
@@ -135,9 +137,14 @@ class Served:
         return key_id
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    store = open_store(f"sqlite:///{tmp_path_factory.mktemp('schemathesis') / 'remit.db'}")
+@pytest.fixture(scope="module", params=STORES)
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with fresh_database(request.param, tmp_path_factory.mktemp("schemathesis")) as url:
+        yield from _served(url)
+
+
+def _served(url: str) -> Iterator[Served]:
+    store = open_store(url)
     service = Service(Engine(store, clock=frozen_clock))
     document = load_file(EXAMPLE)
     created = service.bootstrap_tenant(TENANT, document, source=str(EXAMPLE))

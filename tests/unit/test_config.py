@@ -288,3 +288,24 @@ def test_json_is_yaml(tmp_path: Path) -> None:
     path = tmp_path / "remit.json"
     path.write_text(json.dumps(config()))
     assert parse_document(load_file(path), source=str(path)).document["meters"]["usd"]["scale"] == 2
+
+
+@pytest.mark.parametrize("value", [False, True, 1.5, None, [1]])
+def test_a_limit_that_is_not_a_string_or_integer_is_refused_by_its_path(value: object) -> None:
+    # pydantic alone would coerce `false` to 0 (a budget that denies everything) and accept floats.
+    document = {
+        "meters": {"u": {"kind": "sum", "scale": 1}},
+        "tenant": {"budgets": [{"meter": "u", "limit": value, "window": "day"}]},
+    }
+    with pytest.raises(ConfigError) as raised:
+        parse_document(document, source="f.yaml")
+    assert raised.value.errors == [
+        {"path": "tenant.budgets[0].limit", "message": 'an amount is a decimal string such as "12.50" (or an integer)'}
+    ]
+
+
+@pytest.mark.parametrize("scale", [False, "2", 1.0])
+def test_a_meter_scale_must_be_an_integer(scale: object) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_document({"meters": {"u": {"kind": "sum", "scale": scale}}}, source="f.yaml")
+    assert raised.value.errors[0]["path"] == "meters.u.scale"
