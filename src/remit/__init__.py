@@ -4,10 +4,11 @@ The names a user needs are exported here; everything else is reachable by module
 """
 
 from remit.bootstrap import open_engine, open_store
-from remit.client import AsyncClient, Client, Local
+from remit.client import AsyncClient, Client
 from remit.domain.decisions import Decision, Outcome
 from remit.engine import ActionInput, Engine
 from remit.errors import ConfigError, Conflict, Denied, InvalidRequest, NotFound, RemitError
+from remit.local import Local
 
 __all__ = [
     "ActionInput",

@@ -33,7 +33,8 @@ from remit.errors import ConfigError, RemitError
 from remit.limits import EXPIRY_ROUNDS_MAX, LEDGER_FOLLOW_ENTRIES_MAX, LEDGER_PAGE_SIZE_DEFAULT, LEDGER_PAGE_SIZE_MAX
 
 if TYPE_CHECKING:
-    from remit.client import Client, Local
+    from remit.client import Client
+    from remit.local import Local
 
 app = typer.Typer(
     name="remit",
@@ -102,7 +103,8 @@ def _connect(
     """
     import httpx
 
-    from remit.client import Client, Local
+    from remit.client import Client
+    from remit.local import Local
 
     server = url or None
     if server is not None and not key:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
-import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,9 +27,7 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-import yaml
 
-from remit.bootstrap import open_engine
 from remit.errors import (
     ConfigError,
     Conflict,
@@ -44,23 +41,9 @@ from remit.errors import (
     Unauthorized,
     Unavailable,
 )
-from remit.keys import Principal, Role
-from remit.limits import LEASE_SECONDS_DEFAULT, LEDGER_PAGE_SIZE_DEFAULT
-from remit.service import Service
-from remit.store.base import LedgerFilter
-from remit.wire import (
-    action_input,
-    commit_json,
-    decision_json,
-    expect_object,
-    extend_json,
-    parse_time,
-    reject_unknown,
-    release_json,
-    usage_json,
-)
+from remit.limits import LEASE_SECONDS_DEFAULT
 
-__all__ = ["Action", "AsyncAction", "AsyncClient", "Call", "Calls", "Client", "Local"]
+__all__ = ["Action", "AsyncAction", "AsyncClient", "Call", "Calls", "Client"]
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 30.0
@@ -816,159 +799,3 @@ class AsyncClient(Calls[Awaitable[_Answer], AsyncAction]):
 
 
 # == Local: the same calls, answered in-process ================================================
-class Local(_SyncApi):
-    """Remit in-process over the embedded store, for single-process programs and tests.
-
-    `database` is a SQLite file path or a database URL (`sqlite:///…`, `postgresql://…`); the
-    tenant is created if missing (unless `create_tenant=False`: then a missing one is NotFound).
-    Local acts as an admin of `tenant`, so each action names its agent or `agent=` here names a
-    default. It answers with the same wire functions as the HTTP
-    API, so every method returns what `Client`'s does and raises the same errors.
-    """
-
-    def __init__(
-        self,
-        database: str | os.PathLike[str],
-        *,
-        tenant: str = "default",
-        agent: str | None = None,
-        create_tenant: bool = True,
-    ) -> None:
-        self.engine = open_engine(os.fspath(database))
-        try:
-            if create_tenant:
-                self.engine.create_tenant(tenant)
-            else:
-                self.engine.tenant_config(tenant)  # NotFound for a tenant that does not exist
-        except BaseException:
-            self.engine.store.close()
-            raise
-        self.service = Service(self.engine)
-        self.tenant = tenant
-        self.agent = agent
-        self.principal = Principal(tenant, "local", Role.ADMIN)
-        service, principal = self.service, self.principal
-        self._handlers: dict[str, Callable[[Call], Any]] = {
-            "authorize": self._authorize,
-            "usage": self._usage,
-            "commit": self._commit,
-            "release": self._release,
-            "extend": self._extend,
-            "headroom": lambda call: service.headroom(principal, call.params.get("scope")),
-            "ledger": self._ledger,
-            "check": self._check,
-            "whoami": lambda call: {"tenant": tenant, "key": principal.key_id, "role": "admin", "agent": None},
-            "get_config": lambda call: service.get_config(principal),
-            "put_config": self._put_config,
-            "scopes": lambda call: {"scopes": service.list_scopes(principal)},
-            "get_scope": lambda call: service.get_scope(principal, call.target),
-            "put_scope": lambda call: service.put_scope(principal, call.target, expect_object(call.body)),
-            "delete_scope": lambda call: service.delete_scope(principal, call.target),
-            "agents": lambda call: {"agents": service.list_agents(principal)},
-            "get_agent": lambda call: service.get_agent(principal, call.target),
-            "put_agent": lambda call: service.put_agent(principal, call.target, expect_object(call.body)),
-            "delete_agent": lambda call: service.delete_agent(principal, call.target),
-            "budgets": lambda call: {"budgets": service.list_budgets(principal, call.params.get("scope"))},
-            "get_budget": lambda call: service.get_budget(principal, call.target),
-            "put_budget": lambda call: service.put_budget(principal, call.target, expect_object(call.body)),
-            "delete_budget": lambda call: service.delete_budget(principal, call.target),
-            "keys": lambda call: {"keys": service.list_keys(principal)},
-            "create_key": self._create_key,
-            "rotate_key": lambda call: service.rotate_key(principal, call.target),
-            "revoke_key": lambda call: service.revoke_key(principal, call.target),
-        }
-
-    def _call(self, call: Call) -> _Answer:
-        answer: _Answer = self._handlers[call.operation](call)
-        return answer
-
-    def close(self) -> None:
-        self.engine.store.close()
-
-    def __enter__(self) -> Local:
-        return self
-
-    # -- handlers: what the HTTP routes do for an admin key, without HTTP -----------------------
-    def _authorize(self, call: Call) -> _Answer:
-        return decision_json(self.engine.authorize(self.tenant, action_input(call.body, agent=None)))
-
-    def _usage(self, call: Call) -> _Answer:
-        result = self.engine.report_usage(self.tenant, action_input(call.body, agent=None))
-        return usage_json(self.engine.tenant_config(self.tenant), result)
-
-    def _commit(self, call: Call) -> _Answer:
-        fields = expect_object(call.body)
-        reject_unknown(fields, frozenset({"amounts", "outcome", "idempotency_key"}))
-        result = self.engine.commit(
-            self.tenant,
-            call.target,
-            fields.get("amounts"),
-            outcome=fields.get("outcome", "success"),
-            idempotency_key=fields.get("idempotency_key"),
-        )
-        return commit_json(self.engine.tenant_config(self.tenant), result)
-
-    def _release(self, call: Call) -> _Answer:
-        fields = expect_object(call.body)
-        reject_unknown(fields, frozenset({"idempotency_key"}))
-        result = self.engine.release(self.tenant, call.target, idempotency_key=fields.get("idempotency_key"))
-        return release_json(self.engine.tenant_config(self.tenant), result)
-
-    def _extend(self, call: Call) -> _Answer:
-        fields = expect_object(call.body)
-        reject_unknown(fields, frozenset({"lease_seconds"}))
-        lease_seconds = fields.get("lease_seconds", LEASE_SECONDS_DEFAULT)
-        return extend_json(self.engine.extend(self.tenant, call.target, lease_seconds))
-
-    def _ledger(self, call: Call) -> _Answer:
-        params = call.params
-        limit_text = params.get("limit", str(LEDGER_PAGE_SIZE_DEFAULT))
-        if not limit_text.isdigit():
-            raise InvalidRequest("limit must be a whole number", code="invalid_field", field="limit")
-        order = params.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise InvalidRequest("order must be asc or desc", code="invalid_field", field="order")
-        query = LedgerFilter(
-            agent=params.get("agent"),
-            action=params.get("action"),
-            kind=params.get("kind"),
-            since_us=parse_time(params["since"], "since") if "since" in params else 0,
-            until_us=parse_time(params["until"], "until") if "until" in params else 2**62,
-        )
-        return self.service.ledger(
-            self.principal,
-            query,
-            scope=params.get("scope"),
-            cursor=params.get("cursor"),
-            limit=int(limit_text[:7]),
-            is_newest_first=order == "desc",
-        )
-
-    def _check(self, call: Call) -> _Answer:
-        report = self.engine.check(self.tenant)
-        return {
-            "tenant": report.tenant_id,
-            "entries": report.entries,
-            "counters": report.counters,
-            "mismatches": report.mismatches,
-            "is_consistent": report.is_consistent,
-        }
-
-    def _put_config(self, call: Call) -> _Answer:
-        document = call.body
-        if isinstance(document, str):
-            try:
-                document = yaml.safe_load(document)
-            except yaml.YAMLError as error:
-                message = f"the body is not valid YAML: {' '.join(str(error).split())}"
-                raise InvalidRequest(message, code="invalid_json") from None
-        config = expect_object(document, "the config")
-        is_dry_run = call.params.get("dry_run") == "true"
-        return self.service.put_config(self.principal, config, is_dry_run=is_dry_run, source="config")
-
-    def _create_key(self, call: Call) -> _Answer:
-        fields = expect_object(call.body)
-        reject_unknown(fields, frozenset({"role", "agent", "name"}))
-        return self.service.create_key(
-            self.principal, role=fields.get("role", "agent"), agent=fields.get("agent"), name=fields.get("name")
-        )

@@ -35,7 +35,7 @@ from remit.limits import (
 )
 from remit.operations import check_name
 from remit.store.base import KeyRow, LedgerFilter
-from remit.wire import format_time
+from remit.wire import LedgerRequest, format_time
 
 US_PER_HOUR = 3600 * US_PER_SECOND
 
@@ -431,6 +431,16 @@ class Service:
         if budget.is_per_task:
             row["tasks"] = sum(1 for c in instances if c.key[1])
         return row
+
+    def ledger_page(self, principal: Principal, asked: LedgerRequest) -> dict[str, Any]:
+        return self.ledger(
+            principal,
+            asked.query,
+            scope=asked.scope,
+            cursor=asked.cursor,
+            limit=asked.limit,
+            is_newest_first=asked.is_newest_first,
+        )
 
     def ledger(
         self,

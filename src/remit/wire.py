@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from remit.domain.amounts import format_amount
 from remit.domain.decisions import BudgetReport, Decision
+from remit.domain.ledger import EntryKind
 from remit.domain.tenant import TenantConfig
 from remit.domain.windows import to_datetime, to_us
 from remit.errors import Forbidden, InvalidRequest
-from remit.limits import LEASE_SECONDS_DEFAULT
-from remit.operations import ActionInput
-from remit.results import CommitResult, ExtendResult, ReleaseResult, UsageResult
+from remit.keys import Principal
+from remit.limits import LEASE_SECONDS_DEFAULT, LEDGER_PAGE_SIZE_DEFAULT
+from remit.operations import ActionInput, check_name
+from remit.results import CheckReport, CommitResult, ExtendResult, ReleaseResult, UsageResult
+from remit.store.base import LedgerFilter
 
 _ACT_FIELDS = frozenset(
     {"agent", "task", "action", "amounts", "touches", "context", "priority", "lease_seconds", "idempotency_key"}
@@ -192,3 +198,112 @@ def action_input(body: object, *, agent: str | None) -> ActionInput:
         lease_seconds=LEASE_SECONDS_DEFAULT if lease is None else lease,
         idempotency_key=fields.get("idempotency_key"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRequest:
+    """`GET /v1/ledger` query parameters, validated."""
+
+    query: LedgerFilter
+    scope: str | None
+    cursor: str | None
+    limit: int
+    is_newest_first: bool
+
+
+LEDGER_PARAMETERS = frozenset({"scope", "agent", "action", "kind", "since", "until", "cursor", "limit", "order"})
+LEDGER_KINDS = frozenset(kind.value for kind in EntryKind)
+
+
+def ledger_request(params: Mapping[str, str]) -> LedgerRequest:
+    reject_unknown(params, LEDGER_PARAMETERS)
+    for name in ("scope", "agent", "action"):
+        if name in params:
+            check_name(params[name], name)
+    limit_text = params.get("limit", str(LEDGER_PAGE_SIZE_DEFAULT))
+    if not (limit_text.isascii() and limit_text.isdigit()):
+        raise InvalidRequest("limit must be a whole number", code="invalid_field", field="limit")
+    kind = params.get("kind")
+    if kind is not None and kind not in LEDGER_KINDS:
+        raise InvalidRequest(
+            f"kind must be one of {', '.join(sorted(LEDGER_KINDS))}", code="invalid_field", field="kind"
+        )
+    order = params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order must be asc or desc", code="invalid_field", field="order")
+    query = LedgerFilter(
+        agent=params.get("agent"),
+        action=params.get("action"),
+        kind=kind,
+        since_us=parse_time(params["since"], "since") if "since" in params else 0,
+        until_us=parse_time(params["until"], "until") if "until" in params else 2**62,
+    )
+    return LedgerRequest(query, params.get("scope"), params.get("cursor"), int(limit_text[:7]), order == "desc")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveRequest:
+    """The body of a commit, release or extend."""
+
+    amounts: Mapping[str, str | int] | None = None
+    outcome: str = "success"
+    idempotency_key: str | None = None
+    lease_seconds: int = LEASE_SECONDS_DEFAULT
+
+
+_RESOLVE_FIELDS = {
+    "commit": frozenset({"amounts", "outcome", "idempotency_key"}),
+    "release": frozenset({"idempotency_key"}),
+    "extend": frozenset({"lease_seconds"}),
+}
+
+
+def resolve_request(kind: str, body: object) -> ResolveRequest:
+    fields = expect_object(body)
+    reject_unknown(fields, _RESOLVE_FIELDS[kind])
+    amounts = fields.get("amounts")
+    if amounts is not None and not isinstance(amounts, Mapping):
+        raise InvalidRequest(
+            "amounts must be an object of meter → decimal string", code="invalid_field", field="amounts"
+        )
+    return ResolveRequest(
+        amounts=amounts,
+        outcome=fields.get("outcome", "success"),
+        idempotency_key=fields.get("idempotency_key"),
+        lease_seconds=fields.get("lease_seconds", LEASE_SECONDS_DEFAULT),
+    )
+
+
+def key_request(body: object) -> tuple[str, str | None, str | None]:
+    """(role, agent, name) of a `POST /v1/keys` body."""
+    fields = expect_object(body)
+    reject_unknown(fields, frozenset({"role", "agent", "name"}))
+    return fields.get("role", "agent"), fields.get("agent"), fields.get("name")
+
+
+def config_from_yaml(text: str | bytes) -> object:
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise InvalidRequest(
+            f"the body is not valid YAML: {' '.join(str(error).split())}", code="invalid_json"
+        ) from None
+
+
+def check_json(report: CheckReport) -> dict[str, Any]:
+    return {
+        "tenant": report.tenant_id,
+        "entries": report.entries,
+        "counters": report.counters,
+        "mismatches": report.mismatches,
+        "is_consistent": report.is_consistent,
+    }
+
+
+def whoami_json(principal: Principal) -> dict[str, Any]:
+    return {
+        "tenant": principal.tenant_id,
+        "key": principal.key_id,
+        "role": principal.role.value,
+        "agent": principal.agent,
+    }

@@ -15,7 +15,6 @@ from importlib import resources
 from typing import Any
 
 import orjson
-import yaml
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -28,28 +27,27 @@ from remit.api.errors import error_response, remit_error_response
 from remit.api.metrics import Metrics
 from remit.api.requestlog import RequestLogWriter
 from remit.batching import AsyncBatcher
-from remit.domain.ledger import EntryKind
 from remit.errors import InvalidRequest, RemitError, Unavailable
 from remit.keys import Principal
-from remit.limits import EXPIRY_SWEEP_SECONDS_DEFAULT, LEASE_SECONDS_DEFAULT, REQUEST_BODY_BYTES_MAX
-from remit.operations import check_name
+from remit.limits import EXPIRY_SWEEP_SECONDS_DEFAULT, REQUEST_BODY_BYTES_MAX
 from remit.service import Service
-from remit.store.base import LedgerFilter
 from remit.wire import (
     action_input,
+    check_json,
     commit_json,
+    config_from_yaml,
     decision_json,
     expect_object,
     extend_json,
-    parse_time,
-    reject_unknown,
+    key_request,
+    ledger_request,
     release_json,
+    resolve_request,
     usage_json,
+    whoami_json,
 )
 
 log = logging.getLogger("remit.requests")
-
-LEDGER_KINDS = frozenset(kind.value for kind in EntryKind)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -75,11 +73,7 @@ async def _body(request: Request, *, allow_yaml: bool = False, is_empty_allowed:
         raise InvalidRequest("the body is empty; send the config (or {} to remove everything)", code="invalid_request")
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if allow_yaml and content_type in ("application/yaml", "application/x-yaml", "text/yaml"):
-        try:
-            return yaml.safe_load(raw.decode())
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            message = f"the body is not valid YAML: {' '.join(str(error).split())}"
-            raise InvalidRequest(message, code="invalid_json") from None
+        return config_from_yaml(raw)
     if not raw:
         return {}
     try:
@@ -135,44 +129,33 @@ class Api:
 
     async def commit(self, request: Request) -> Response:
         principal = await self.principal(request)
-        fields = expect_object(await _body(request))
-        reject_unknown(fields, frozenset({"amounts", "outcome", "idempotency_key"}))
-        amounts = fields.get("amounts")
-        if amounts is not None and not isinstance(amounts, Mapping):
-            raise InvalidRequest(
-                "amounts must be an object of meter → decimal string", code="invalid_field", field="amounts"
-            )
+        fields = resolve_request("commit", await _body(request))
         result = await self.batcher.commit(
             principal.tenant_id,
             request.path_params["reservation"],
-            amounts,
-            outcome=fields.get("outcome", "success"),
-            idempotency_key=fields.get("idempotency_key"),
+            fields.amounts,
+            outcome=fields.outcome,
+            idempotency_key=fields.idempotency_key,
             agent=principal.agent,
         )
         return _json(commit_json(self.service.engine.tenant_config(principal.tenant_id), result))
 
     async def release(self, request: Request) -> Response:
         principal = await self.principal(request)
-        fields = expect_object(await _body(request))
-        reject_unknown(fields, frozenset({"idempotency_key"}))
+        fields = resolve_request("release", await _body(request))
         result = await self.batcher.release(
             principal.tenant_id,
             request.path_params["reservation"],
-            idempotency_key=fields.get("idempotency_key"),
+            idempotency_key=fields.idempotency_key,
             agent=principal.agent,
         )
         return _json(release_json(self.service.engine.tenant_config(principal.tenant_id), result))
 
     async def extend(self, request: Request) -> Response:
         principal = await self.principal(request)
-        fields = expect_object(await _body(request))
-        reject_unknown(fields, frozenset({"lease_seconds"}))
+        fields = resolve_request("extend", await _body(request))
         result = await self.batcher.extend(
-            principal.tenant_id,
-            request.path_params["reservation"],
-            fields.get("lease_seconds", LEASE_SECONDS_DEFAULT),
-            agent=principal.agent,
+            principal.tenant_id, request.path_params["reservation"], fields.lease_seconds, agent=principal.agent
         )
         return _json(extend_json(result))
 
@@ -184,66 +167,16 @@ class Api:
 
     async def ledger(self, request: Request) -> Response:
         principal = await self.principal(request)
-        params = _query(
-            request, frozenset({"scope", "agent", "action", "kind", "since", "until", "cursor", "limit", "order"})
-        )
-        limit_text = params.get("limit", "100")
-        if not (limit_text.isascii() and limit_text.isdigit()):
-            raise InvalidRequest("limit must be a whole number", code="invalid_field", field="limit")
-        kind = params.get("kind")
-        if kind is not None and kind not in LEDGER_KINDS:
-            raise InvalidRequest(
-                f"kind must be one of {', '.join(sorted(LEDGER_KINDS))}", code="invalid_field", field="kind"
-            )
-        order = params.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise InvalidRequest("order must be asc or desc", code="invalid_field", field="order")
-        for name in ("scope", "agent", "action"):
-            if name in params:
-                check_name(params[name], name)
-        query = LedgerFilter(
-            agent=params.get("agent"),
-            action=params.get("action"),
-            kind=kind,
-            since_us=parse_time(params["since"], "since") if "since" in params else 0,
-            until_us=parse_time(params["until"], "until") if "until" in params else 2**62,
-        )
-        page = await run_in_threadpool(
-            lambda: self.service.ledger(
-                principal,
-                query,
-                scope=params.get("scope"),
-                cursor=params.get("cursor"),
-                limit=int(limit_text[:7]),
-                is_newest_first=order == "desc",
-            )
-        )
-        return _json(page)
+        asked = ledger_request(request.query_params)
+        return _json(await run_in_threadpool(self.service.ledger_page, principal, asked))
 
     async def whoami(self, request: Request) -> Response:
-        principal = await self.principal(request)
-        return _json(
-            {
-                "tenant": principal.tenant_id,
-                "key": principal.key_id,
-                "role": principal.role.value,
-                "agent": principal.agent,
-            }
-        )
+        return _json(whoami_json(await self.principal(request)))
 
     async def check(self, request: Request) -> Response:
         principal = await self.principal(request)
         principal.require_admin()
-        report = await run_in_threadpool(self.service.engine.check, principal.tenant_id)
-        return _json(
-            {
-                "tenant": report.tenant_id,
-                "entries": report.entries,
-                "counters": report.counters,
-                "mismatches": report.mismatches,
-                "is_consistent": report.is_consistent,
-            }
-        )
+        return _json(check_json(await run_in_threadpool(self.service.engine.check, principal.tenant_id)))
 
     # -- config and its parts -------------------------------------------------------------------
     async def get_config(self, request: Request) -> Response:
@@ -309,13 +242,8 @@ class Api:
         principal = await self.principal(request)
         if request.method == "GET":
             return _json({"keys": await run_in_threadpool(self.service.list_keys, principal)})
-        fields = expect_object(await _body(request))
-        reject_unknown(fields, frozenset({"role", "agent", "name"}))
-        created = await run_in_threadpool(
-            lambda: self.service.create_key(
-                principal, role=fields.get("role", "agent"), agent=fields.get("agent"), name=fields.get("name")
-            )
-        )
+        role, agent, name = key_request(await _body(request))
+        created = await run_in_threadpool(lambda: self.service.create_key(principal, role=role, agent=agent, name=name))
         return _json(created, status=201)
 
     async def key(self, request: Request) -> Response:
