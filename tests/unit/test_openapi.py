@@ -21,7 +21,7 @@ import pytest
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from remit import config as config_models
-from remit.api import openapi
+from remit.api import openapi, openapi_schemas
 from remit.api.app import Api, routes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,10 +141,10 @@ def test_config_schemas_name_the_fields_the_server_accepts(schema_name: str, mod
 def test_amounts_are_decimal_strings_and_times_are_date_times() -> None:
     schemas = DOCUMENT["components"]["schemas"]
     for name in ("limit", "used", "held", "requested", "remaining"):
-        assert schemas["BudgetReport"]["properties"][name]["pattern"] == openapi.AMOUNT_PATTERN
+        assert schemas["BudgetReport"]["properties"][name]["pattern"] == openapi_schemas.AMOUNT_PATTERN
     assert schemas["BudgetReport"]["properties"]["resets_at"]["type"] == ["string", "null"]
     assert schemas["BudgetReport"]["properties"]["resets_at"]["format"] == "date-time"
     for good in ("0", "120.00", "-12.50"):
-        assert re.fullmatch(openapi.AMOUNT_PATTERN, good)
+        assert re.fullmatch(openapi_schemas.AMOUNT_PATTERN, good)
     for bad in ("", "1.", ".5", "1e3", "12,00"):
-        assert not re.fullmatch(openapi.AMOUNT_PATTERN, bad)
+        assert not re.fullmatch(openapi_schemas.AMOUNT_PATTERN, bad)
