@@ -214,7 +214,10 @@ class TenantBatch:
         if key is not None and key in self.answered_keys:
             fingerprint, record = self.answered_keys[key]
             if fingerprint != act.fingerprint:
-                raise Conflict(f"idempotency key {key!r} was used for a different request", code="idempotency_mismatch")
+                raise Conflict(
+                    f"idempotency key {key.partition('/')[2]!r} was used for a different request of this agent",
+                    code="idempotency_mismatch",
+                )
             if act.is_usage:
                 return _usage_from_record(record)
             return decision_from_record(record)

@@ -30,7 +30,13 @@ from rich.text import Text
 from remit.bootstrap import DEFAULT_DATABASE_URL, open_engine, redact
 from remit.engine import Engine
 from remit.errors import ConfigError, RemitError
-from remit.limits import EXPIRY_ROUNDS_MAX, LEDGER_FOLLOW_ENTRIES_MAX, LEDGER_PAGE_SIZE_DEFAULT, LEDGER_PAGE_SIZE_MAX
+from remit.limits import (
+    EXPIRY_ROUNDS_MAX,
+    LEDGER_FOLLOW_ENTRIES_MAX,
+    LEDGER_PAGE_SIZE_DEFAULT,
+    LEDGER_PAGE_SIZE_MAX,
+    REQUESTS_PER_KEY_PER_SECOND_DEFAULT,
+)
 
 if TYPE_CHECKING:
     from remit.client import Client
@@ -191,6 +197,9 @@ def serve(  # noqa: PLR0917 - one parameter per command-line option
     log_requests: Annotated[
         bool, typer.Option("--log-requests/--no-log-requests", help="One JSON line per request.")
     ] = True,
+    rate_limit: Annotated[
+        int, typer.Option(min=0, help="The API's own limit: requests/s per key and process (0: none); past it, 429.")
+    ] = REQUESTS_PER_KEY_PER_SECOND_DEFAULT,
 ) -> None:
     """Serve the HTTP API. The first start creates the tenant, applies the config and prints its keys once."""
     from remit.config import load_file
@@ -208,6 +217,7 @@ def serve(  # noqa: PLR0917 - one parameter per command-line option
             config=document,
             config_source=str(config_path),
             is_logging_requests=log_requests,
+            requests_per_key_per_second=rate_limit,
         )
         run_server(options, announce=lambda line: print(line, flush=True))
     except RemitError as error:

@@ -18,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
+import hashlib
 import threading
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -55,6 +58,12 @@ CONNECTIONS_MAX = 100
 KEEPALIVE_CONNECTIONS_MAX = 20
 EXTENSIONS_PER_LEASE = 3
 """The background extender renews a lease this many times per lease: two renewals can fail and it still lives."""
+ACTION_ATTEMPTS_MAX = 4
+"""`action()` tries its authorize, commit and release this many times on 503s (each keyed, so each acts once)."""
+ACTION_RETRY_BACKOFF_SECONDS = 0.1
+"""The first wait between attempts; each next one is three times longer (0.1, 0.3, 0.9 s)."""
+IDEMPOTENCY_BASE_LENGTH_MAX = 180
+"""A caller's key longer than this is hashed before `:commit` / `:release` is appended."""
 ERROR_TEXT_LENGTH_MAX = 200
 """How much of a non-Remit error body (a proxy's HTML page) an error message quotes."""
 
@@ -259,7 +268,8 @@ class Calls(Generic[_R, _A]):
             "context": context,
             "priority": priority,
             "lease_seconds": lease_seconds,
-            "idempotency_key": idempotency_key,
+            # Always keyed, so a retried authorize (after a timeout or a 503) cannot hold twice.
+            "idempotency_key": idempotency_key or f"act-{uuid.uuid4().hex}",
         }
         return self._new_action({"action": action, "amounts": merge_amounts(amounts, meter_amounts), **fields})
 
@@ -371,8 +381,31 @@ class Calls(Generic[_R, _A]):
 
 # == actions: hold, run the block, commit or release ===========================================
 def _is_transient(error: BaseException) -> bool:
-    """A failed extension worth trying again at the next tick (anything else stops the extender)."""
+    """A failure worth trying again (anything else stops the extender and ends a retry loop)."""
     return isinstance(error, (Unavailable, Overloaded))
+
+
+def _with_retries(attempt: Callable[[], _Answer]) -> _Answer:
+    """Run a keyed request again on a transient failure, a bounded number of times with backoff."""
+    for number in range(ACTION_ATTEMPTS_MAX):
+        try:
+            return attempt()
+        except (Unavailable, Overloaded):
+            if number + 1 == ACTION_ATTEMPTS_MAX:
+                raise
+            time.sleep(ACTION_RETRY_BACKOFF_SECONDS * 3**number)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _with_retries_async(attempt: Callable[[], Awaitable[_Answer]]) -> _Answer:
+    for number in range(ACTION_ATTEMPTS_MAX):
+        try:
+            return await attempt()
+        except (Unavailable, Overloaded):
+            if number + 1 == ACTION_ATTEMPTS_MAX:
+                raise
+            await asyncio.sleep(ACTION_RETRY_BACKOFF_SECONDS * 3**number)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class _ActionState:
@@ -394,6 +427,13 @@ class _ActionState:
         if self.decision is None or not self.decision.get("reservation"):
             raise RemitError("the action has no reservation: enter its `with` block first")
         return str(self.decision["reservation"])
+
+    def key_for(self, kind: str) -> str:
+        """The idempotency key of this action's commit or release: a retry of it acts once."""
+        base = str(self.request["idempotency_key"])
+        if len(base) > IDEMPOTENCY_BASE_LENGTH_MAX:
+            base = hashlib.sha256(base.encode()).hexdigest()
+        return f"{base}:{kind}"
 
     @property
     def extend_every_seconds(self) -> float:
@@ -432,7 +472,7 @@ class Action(_ActionState):
         self._extender: threading.Thread | None = None
 
     def __enter__(self) -> Action:
-        if not self._accept(self._api.authorize(**self.request)):
+        if not self._accept(_with_retries(lambda: self._api.authorize(**self.request))):
             if self.decision and self.decision.get("reservation"):
                 self._api.release(self.reservation)  # a future non-allow outcome that holds must not leak it
             raise self._denied()
@@ -458,7 +498,7 @@ class Action(_ActionState):
         # interrupt while it finishes an extension cannot leave the hold unresolved.
         self._stop.set()
         try:
-            self.result = resolution()
+            self.result = _with_retries(resolution)
         finally:
             if self._extender is not None:
                 self._extender.join()
@@ -470,12 +510,14 @@ class Action(_ActionState):
         """Commit actual amounts now (held amounts where omitted); leaving the block then does nothing more."""
         self._check_open()
         merged = merge_amounts(amounts, meter_amounts) if amounts is not None or meter_amounts else None
-        return self._resolve(lambda: self._api.commit(self.reservation, merged, outcome=outcome))
+        key = self.key_for("commit")
+        return self._resolve(lambda: self._api.commit(self.reservation, merged, outcome=outcome, idempotency_key=key))
 
     def release(self) -> _Answer:
         """Give the hold back now (the action was not taken); leaving the block then does nothing more."""
         self._check_open()
-        return self._resolve(lambda: self._api.release(self.reservation))
+        key = self.key_for("release")
+        return self._resolve(lambda: self._api.release(self.reservation, idempotency_key=key))
 
     def __exit__(
         self, error_type: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
@@ -483,10 +525,10 @@ class Action(_ActionState):
         if self.result is not None:
             return
         if error is None:
-            self._resolve(lambda: self._api.commit(self.reservation))
+            self.commit()
             return
         try:
-            self._resolve(lambda: self._api.release(self.reservation))
+            self.release()
         except RemitError as release_error:
             self._note_failed_release(error, release_error)
 
@@ -530,7 +572,7 @@ class AsyncAction(_ActionState):
         self._extender: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AsyncAction:
-        authorizing = asyncio.ensure_future(self._api.authorize(**self.request))
+        authorizing = asyncio.ensure_future(_with_retries_async(lambda: self._api.authorize(**self.request)))
         try:
             decision = await asyncio.shield(authorizing)
         except asyncio.CancelledError:
@@ -564,14 +606,14 @@ class AsyncAction(_ActionState):
             else:
                 self.lease_expires_at = answer["lease_expires_at"]
 
-    async def _resolve(self, resolution: Awaitable[_Answer]) -> _Answer:
+    async def _resolve(self, resolution: Callable[[], Awaitable[_Answer]]) -> _Answer:
         # The extender is cancelled first but awaited only after the hold is resolved; the
         # resolution is shielded, so cancelling the caller again cannot cut it short.
         extender, self._extender = self._extender, None
         if extender is not None:
             extender.cancel()
         try:
-            self.result = await self._background.shielded(resolution)
+            self.result = await self._background.shielded(_with_retries_async(resolution))
         finally:
             if extender is not None:
                 # wait(), not `await extender`: the extender's CancelledError must not pass for ours.
@@ -584,12 +626,16 @@ class AsyncAction(_ActionState):
         """Commit actual amounts now (held amounts where omitted); leaving the block then does nothing more."""
         self._check_open()
         merged = merge_amounts(amounts, meter_amounts) if amounts is not None or meter_amounts else None
-        return await self._resolve(self._api.commit(self.reservation, merged, outcome=outcome))
+        key = self.key_for("commit")
+        return await self._resolve(
+            lambda: self._api.commit(self.reservation, merged, outcome=outcome, idempotency_key=key)
+        )
 
     async def release(self) -> _Answer:
         """Give the hold back now (the action was not taken); leaving the block then does nothing more."""
         self._check_open()
-        return await self._resolve(self._api.release(self.reservation))
+        key = self.key_for("release")
+        return await self._resolve(lambda: self._api.release(self.reservation, idempotency_key=key))
 
     async def __aexit__(
         self, error_type: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
@@ -597,10 +643,10 @@ class AsyncAction(_ActionState):
         if self.result is not None:
             return
         if error is None:
-            await self._resolve(self._api.commit(self.reservation))
+            await self.commit()
             return
         try:
-            await self._resolve(self._api.release(self.reservation))
+            await self.release()
         except RemitError as release_error:
             self._note_failed_release(error, release_error)
 

@@ -15,7 +15,6 @@ the asyncio front from the same core.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import secrets
 import threading
 import time
@@ -89,8 +88,6 @@ class Engine:
         self._queue: list[_Waiter] = []
         self._queue_lock = threading.Lock()
         self._is_leading = False
-        self._id_prefix = secrets.token_hex(8)
-        self._id_sequence = itertools.count(1)
         self.batches_executed = 0
         self.batch_sizes_total = 0
         self.batch_observer: Callable[[int], None] | None = None
@@ -321,7 +318,7 @@ class Engine:
     def expire_holds(self, limit: int = EXPIRY_BATCH_SIZE_MAX) -> int:
         """Expire holds whose lease has run out; returns how many. Safe to run in every process."""
         now_us = self.clock()
-        with self.store.transaction() as tx:
+        with self.store.transaction(is_read_only=True) as tx:  # the batch below re-checks under its locks
             due = tx.due_reservations(now_us, limit)
         if not due:
             return 0
@@ -524,12 +521,9 @@ class Engine:
         return report_
 
     def new_reservation_id(self) -> str:
-        """`res_` + this engine's random 64-bit prefix + a sequence number: unique across processes.
-
-        Cheaper than asking the OS for randomness per hold; ids are not secrets (every look-up
-        is confined to the caller's tenant).
-        """
-        return f"res_{self._id_prefix}{next(self._id_sequence):010x}"
+        """`res_` + 128 random bits: unique across processes, and saying nothing of how many holds
+        this process (or any other tenant) made — a sequence would leak other tenants' traffic."""
+        return f"res_{secrets.token_hex(16)}"
 
     @property
     def batch_size_mean(self) -> float:

@@ -59,6 +59,9 @@ BURN_RATE_ENTRIES_MAX = 50_000
 KEY_CACHE_SECONDS_MAX = 5
 """How long a process trusts a key it has checked: a revocation in another process lands within this."""
 KEY_CACHE_SIZE_MAX = 10_000
+REQUESTS_PER_KEY_PER_SECOND_DEFAULT = 2_000
+"""The API's own rate limit per key and server process (`remit serve --rate-limit`); 0 turns it off."""
+REQUEST_BURST_PER_KEY_DEFAULT = 4_000
 KEYS_PER_TENANT_MAX = 10_000
 CONFIG_EDIT_ATTEMPTS_MAX = 5
 """A CRUD edit re-reads and retries the config this many times if other writers keep changing it."""

@@ -207,6 +207,10 @@ def parse_act(tenant: TenantConfig, request: ActionInput, *, is_usage: bool) -> 
             option=orjson.OPT_SORT_KEYS,
         )
         fingerprint = hashlib.sha256(canonical).hexdigest()
+        # Each agent has its own key space: another agent of the tenant reusing "k-1" is another
+        # request, not a mismatch (nor a way to probe or block this agent's keys). Agent names
+        # cannot contain "/", so the scoped key is unambiguous.
+        key = f"{agent_name}/{key}"
     return Act(
         tenant_id,
         agent,

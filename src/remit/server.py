@@ -20,7 +20,7 @@ from remit.api.requestlog import RequestLogWriter
 from remit.bootstrap import open_store, tune_gc_for_service
 from remit.engine import Engine
 from remit.errors import InvalidRequest
-from remit.limits import SHUTDOWN_GRACE_SECONDS_MAX
+from remit.limits import REQUESTS_PER_KEY_PER_SECOND_DEFAULT, SHUTDOWN_GRACE_SECONDS_MAX
 from remit.service import Bootstrap, Service
 
 DEFAULT_HOST = "127.0.0.1"
@@ -38,6 +38,7 @@ class ServeOptions:
     """The config a new tenant starts with (None: bootstrap nothing)."""
     config_source: str = "<config>"
     is_logging_requests: bool = True
+    requests_per_key_per_second: int = REQUESTS_PER_KEY_PER_SECOND_DEFAULT
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -63,7 +64,11 @@ def serve(options: ServeOptions, *, announce: Callable[[str], None] = print) -> 
         if options.config is not None:
             created = service.bootstrap_tenant(options.tenant, options.config, source=options.config_source)
             announce_keys(created, options.tenant, announce)
-        app = create_app(service, request_log=RequestLogWriter() if options.is_logging_requests else None)
+        app = create_app(
+            service,
+            request_log=RequestLogWriter() if options.is_logging_requests else None,
+            requests_per_key_per_second=options.requests_per_key_per_second,
+        )
         config = uvicorn.Config(
             app,
             host=options.host,

@@ -23,7 +23,7 @@ from remit.domain.tenant import TenantConfig, agent_scope
 from remit.domain.windows import US_PER_SECOND, BoundsCache, parse_window
 from remit.engine import Engine
 from remit.errors import Conflict, InvalidRequest, NotFound, Overloaded, Unauthorized
-from remit.keys import NewKey, Principal, Role, display_prefix, new_key, parse_key, secret_matches
+from remit.keys import KEY_PREFIX, NewKey, Principal, Role, display_prefix, new_key, parse_key, secret_matches
 from remit.limits import (
     BURN_RATE_ENTRIES_MAX,
     CONFIG_EDIT_ATTEMPTS_MAX,
@@ -126,7 +126,9 @@ class Service:
         if cached is None or cached[2] <= time.monotonic():
             return None
         if not secret_matches(secret, cached[0]):
-            raise Unauthorized("the API key is not valid (unknown, revoked or rotated)")
+            # Perhaps rotated by another process since this one cached it: read the key again.
+            self._forget_key(key_id)
+            return None
         return cached[1]
 
     def authenticate(self, authorization: str | None) -> Principal:
@@ -168,6 +170,7 @@ class Service:
         key = new_key()
         row = KeyRow(principal.tenant_id, key.key_id, key.secret_sha256, role, agent, name, self.clock(), None, None)
         with self.engine.store.transaction() as tx:
+            tx.lock_tenants([principal.tenant_id])  # the count and the insert, one writer at a time
             if len(tx.list_keys(principal.tenant_id)) >= KEYS_PER_TENANT_MAX:
                 raise InvalidRequest(f"a tenant has at most {KEYS_PER_TENANT_MAX} keys", code="too_many_keys")
             tx.insert_key(row)
@@ -196,6 +199,9 @@ class Service:
     def revoke_key(self, principal: Principal, key_id: str) -> dict[str, Any]:
         principal.require_admin()
         with self.engine.store.transaction() as tx:
+            # The tenant lock orders concurrent revocations: two of the last two admin keys
+            # revoked at once must not both see "another admin key remains".
+            tx.lock_tenants([principal.tenant_id])
             row = tx.find_key(key_id)
             if row is None or row.tenant_id != principal.tenant_id:
                 raise NotFound(f"key {key_id!r} does not exist")
@@ -242,7 +248,25 @@ class Service:
         )
         changes = diff_configs(before, after)
         version = before.version if is_dry_run else after.version
-        return {"dry_run": is_dry_run, "version": version, "changes": changes}
+        answer: dict[str, Any] = {"dry_run": is_dry_run, "version": version, "changes": changes}
+        removed = {c["name"] for c in changes if c["kind"] == "agent" and c["op"] == "remove"}
+        if removed and not is_dry_run:
+            # A retired agent's keys go with it, whichever way it was removed: re-added later
+            # (perhaps in another scope), the old keys must not act again.
+            answer["revoked_keys"] = self._revoke_agent_keys(tenant_id, removed)
+        return answer
+
+    def _revoke_agent_keys(self, tenant_id: str, agents: set[str]) -> list[str]:
+        revoked = []
+        with self.engine.store.transaction() as tx:
+            for row in tx.list_keys(tenant_id):
+                if row.agent in agents and row.revoked_at_us is None:
+                    tx.revoke_key(tenant_id, row.key_id, self.clock())
+                    revoked.append(row.key_id)
+            tx.commit()
+        for key_id in revoked:
+            self._forget_key(key_id)
+        return revoked
 
     def edit_config(
         self, principal: Principal, edit: Callable[[dict[str, Any]], None], *, source: str
@@ -280,8 +304,13 @@ class Service:
         return {"path": path, "owner": scope.owner, "budgets": budgets}
 
     def put_scope(self, principal: Principal, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create or update a scope. A body without `budgets` keeps the scope's budgets (changing an
+        owner must not switch enforcement off); `"budgets": []` removes them on purpose."""
+
         def edit(document: dict[str, Any]) -> None:
-            document.setdefault("scopes", {})[path] = dict(body)
+            scopes = document.setdefault("scopes", {})
+            kept = {"budgets": (scopes.get(path) or {}).get("budgets", [])} if "budgets" not in body else {}
+            scopes[path] = {**kept, **body}
 
         return self.edit_config(principal, edit, source=f"scopes.{path}")
 
@@ -323,17 +352,7 @@ class Service:
                 raise NotFound(f"agent {name!r} does not exist")
             del document["agents"][name]
 
-        applied = self.edit_config(principal, edit, source=f"agents.{name}")
-        revoked = []
-        with self.engine.store.transaction() as tx:
-            for row in tx.list_keys(principal.tenant_id):
-                if row.agent == name and row.revoked_at_us is None:
-                    tx.revoke_key(principal.tenant_id, row.key_id, self.clock())
-                    revoked.append(row.key_id)
-            tx.commit()
-        for key_id in revoked:
-            self._forget_key(key_id)
-        return {**applied, "revoked_keys": revoked}
+        return self.edit_config(principal, edit, source=f"agents.{name}")
 
     def list_budgets(self, principal: Principal, scope: str | None = None) -> list[dict[str, Any]]:
         principal.require_admin()
@@ -378,11 +397,14 @@ class Service:
             tenant = self.engine.fresh_config(tx, principal.tenant_id)
             budgets = [b for b in tenant.budgets if in_subtree(b.scope, scope)]
             is_known = scope is None or scope == ROOT_SCOPE or any(in_subtree(p, scope) for p in tenant.scopes)
-            if not is_known and not budgets:
-                raise NotFound(f"scope {scope!r} does not exist")
             if not principal.is_admin:
                 agent = tenant.agents.get(principal.agent or "")
-                budgets = [b for b in budgets if agent is not None and in_subtree(agent.own_scope, b.scope)]
+                own = agent.own_scope if agent is not None else None
+                # An agent key sees its own path only; any other scope is "not found", existing or not.
+                is_known = own is not None and (scope is None or in_subtree(own, scope) or in_subtree(scope, own))
+                budgets = [b for b in budgets if own is not None and in_subtree(own, b.scope)]
+            if not is_known and not budgets:
+                raise NotFound(f"scope {scope!r} does not exist")
             counters = tx.all_counters(principal.tenant_id)
             recent = tx.recent_postings(principal.tenant_id, now_us - US_PER_HOUR, BURN_RATE_ENTRIES_MAX)
         by_budget: dict[str, list[Counter]] = {}
@@ -474,6 +496,15 @@ class Service:
             )
         next_cursor = str(entries[-1].id) if len(entries) == limit and entries[-1].id is not None else None
         return {"entries": [_entry_json(tenant, e) for e in entries], "next_cursor": next_cursor}
+
+
+def bearer_key_id(authorization: str | None) -> str:
+    """The key id of an Authorization header ("" for a missing or malformed one: one shared bucket)."""
+    if not authorization:
+        return ""
+    _, _, text = authorization.partition(" ")
+    text = text.strip()
+    return text[3:19] if text.startswith(KEY_PREFIX) and len(text) > 19 else ""
 
 
 def _bearer(authorization: str | None) -> tuple[str, str]:

@@ -203,3 +203,44 @@ def test_the_runnable_example_in_the_docs_runs(tmp_path: Path, monkeypatch: pyte
     assert printed[0] == "committed 95.00"
     assert printed[1].startswith("denied: budget_exhausted retry after ")
     assert printed[2] == "remaining 155.00"
+
+
+class LostAnswers(remit.Local):
+    """Local whose chosen requests land in the store but whose answers are lost (a reset connection):
+    the worst case for a retry, which must not act twice."""
+
+    def __init__(self, database: str, tenant: str, losses: dict[str, int]) -> None:
+        super().__init__(database, tenant=tenant, agent="bot-7")
+        self.losses = losses
+
+    def _call(self, call: Any) -> Any:
+        answer = super()._call(call)
+        if self.losses.get(call.operation, 0) > 0:
+            self.losses[call.operation] -= 1
+            raise remit.errors.Unavailable("the connection was reset after the request landed")
+        return answer
+
+
+@pytest.mark.parametrize("losses", [{"authorize": 2}, {"commit": 3}, {"authorize": 1, "commit": 1}])
+def test_action_retries_lost_answers_and_acts_once(module_database: str, losses: dict[str, int]) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    with LostAnswers(module_database, tenant, dict(losses)) as flaky:
+        flaky.put_config(EXAMPLE_CONFIG.read_text())
+        with flaky.action("crm.discount.apply", usd="10.00") as act:
+            pass
+        assert act.result is not None and act.result["status"] == "committed"
+        assert row(flaky, DAY_BUDGET)["used"] == "10.00" and row(flaky, DAY_BUDGET)["held"] == "0.00"
+        kinds = [entry["kind"] for entry in flaky.ledger(agent="bot-7", order="asc")["entries"]]
+        assert kinds == ["hold", "commit"], "one hold and one commit, however many attempts"
+        assert flaky.check()["is_consistent"]
+
+
+def test_action_gives_up_after_its_attempts_having_acted_once(module_database: str) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    with LostAnswers(module_database, tenant, {"commit": 99}) as flaky:
+        flaky.put_config(EXAMPLE_CONFIG.read_text())
+        with pytest.raises(remit.errors.Unavailable), flaky.action("crm.discount.apply", usd="10.00"):
+            pass
+        # Every attempt carried the same key: the first landed, the rest replayed it.
+        assert row(flaky, DAY_BUDGET)["used"] == "10.00"
+        assert [e["kind"] for e in flaky.ledger(agent="bot-7", order="asc")["entries"]] == ["hold", "commit"]

@@ -112,6 +112,7 @@ def start_server(
     config: Path | None = EXAMPLE_CONFIG,
     is_bootstrapping: bool = True,
     is_logging_requests: bool = True,
+    extra_args: tuple[str, ...] = (),
 ) -> RemitServer:
     """Start `remit serve` and return once it answers /readyz (its stderr goes to a file in `log_dir`)."""
     port = free_port()
@@ -120,6 +121,7 @@ def start_server(
     args += ["--config", str(config)] if config is not None else []
     args += [] if is_bootstrapping else ["--no-bootstrap"]
     args += [] if is_logging_requests else ["--no-log-requests"]
+    args += list(extra_args)
     env = {key: value for key, value in os.environ.items() if not key.startswith("REMIT_")}
     log_path = log_dir / f"remit-serve-{tenant}-{port}.log"
     with log_path.open("w") as log_file:

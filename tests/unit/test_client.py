@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 from typing import Any
 
 import pytest
@@ -183,6 +184,10 @@ def test_denied_carries_the_decision() -> None:
 
 def test_action_builds_the_authorize_request_once() -> None:
     request = Recorder().action("crm.discount.apply", usd=decimal.Decimal("120.00"), lease_seconds=5)
+    key = request.pop("idempotency_key")
+    assert re.fullmatch(r"act-[0-9a-f]{32}", key), "every action is keyed, so its authorize can be retried"
+    assert Recorder().action("crm.discount.apply", usd="1")["idempotency_key"] != key
+    assert Recorder().action("x", idempotency_key="mine")["idempotency_key"] == "mine"
     assert request == {
         "action": "crm.discount.apply",
         "amounts": {"usd": "120.00"},
@@ -192,7 +197,6 @@ def test_action_builds_the_authorize_request_once() -> None:
         "context": None,
         "priority": None,
         "lease_seconds": 5,
-        "idempotency_key": None,
     }
     assert Recorder().authorize(**request).body == {
         "action": "crm.discount.apply",

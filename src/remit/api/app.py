@@ -25,12 +25,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from remit.api.errors import error_response, remit_error_response
 from remit.api.metrics import Metrics
+from remit.api.ratelimit import RateLimiter
 from remit.api.requestlog import RequestLogWriter
 from remit.batching import AsyncBatcher
-from remit.errors import InvalidRequest, RemitError, Unavailable
+from remit.errors import InvalidRequest, RemitError
 from remit.keys import Principal
-from remit.limits import EXPIRY_SWEEP_SECONDS_DEFAULT, REQUEST_BODY_BYTES_MAX
-from remit.service import Service
+from remit.limits import (
+    EXPIRY_BATCH_SIZE_MAX,
+    EXPIRY_SWEEP_SECONDS_DEFAULT,
+    REQUEST_BODY_BYTES_MAX,
+    REQUEST_BURST_PER_KEY_DEFAULT,
+    REQUESTS_PER_KEY_PER_SECOND_DEFAULT,
+)
+from remit.service import Service, bearer_key_id
 from remit.wire import (
     action_input,
     check_json,
@@ -48,6 +55,9 @@ from remit.wire import (
 )
 
 log = logging.getLogger("remit.requests")
+
+SWEEP_ROUNDS_MAX = 100
+"""Most expiry batches one sweep runs back to back (25,600 holds) before it yields to the next interval."""
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -100,13 +110,18 @@ def _query(request: Request, allowed: frozenset[str]) -> Mapping[str, str]:
 class Api:
     """The routes, bound to one process's service and batcher."""
 
-    def __init__(self, service: Service, batcher: AsyncBatcher, metrics: Metrics) -> None:
+    def __init__(
+        self, service: Service, batcher: AsyncBatcher, metrics: Metrics, rate_limiter: RateLimiter | None = None
+    ) -> None:
         self.service = service
         self.batcher = batcher
         self.metrics = metrics
+        self.rate_limiter = rate_limiter
 
     async def principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization")
+        if self.rate_limiter is not None:
+            self.rate_limiter.take(bearer_key_id(header))
         principal = self.service.cached_principal(header)
         if principal is None:
             principal = await run_in_threadpool(self.service.authenticate, header)
@@ -451,10 +466,12 @@ def create_app(
     *,
     expiry_sweep_seconds: float = EXPIRY_SWEEP_SECONDS_DEFAULT,
     request_log: RequestLogWriter | None = None,
+    requests_per_key_per_second: int = REQUESTS_PER_KEY_PER_SECOND_DEFAULT,
 ) -> ASGIApp:
     """The ASGI app. Its lifespan starts the batcher and the expiry sweep and drains both on shutdown.
 
     `request_log` receives one JSON line per request (None: no request log).
+    `requests_per_key_per_second` is the API's own rate limit (0: none); past it, 429.
     """
     metrics = Metrics()
     service.engine.batch_observer = metrics.batch_sizes.observe
@@ -463,31 +480,47 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         batcher = AsyncBatcher(service.engine)
         api.batcher = batcher
-        sweeper = asyncio.get_running_loop().create_task(_sweep(service, expiry_sweep_seconds))
+        stop_sweeping = asyncio.Event()
+        sweeper = asyncio.get_running_loop().create_task(_sweep(service, expiry_sweep_seconds, stop_sweeping))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            stop_sweeping.set()
+            await sweeper
             await batcher.drain()  # every decided request's batch is committed before the store closes
             batcher.close()
             if request_log is not None:
                 request_log.flush()
 
-    api = Api(service, None, metrics)  # type: ignore[arg-type]  # the lifespan provides the batcher
+    limiter = None
+    if requests_per_key_per_second > 0:
+        burst = requests_per_key_per_second * REQUEST_BURST_PER_KEY_DEFAULT / REQUESTS_PER_KEY_PER_SECOND_DEFAULT
+        limiter = RateLimiter(requests_per_key_per_second, burst)
+    api = Api(service, None, metrics, limiter)  # type: ignore[arg-type]  # the lifespan provides the batcher
     starlette = Starlette(routes=routes(api), lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     logged = RequestLog(starlette, metrics, request_log)
     return HotRoutes(api, logged, logged)
 
 
-async def _sweep(service: Service, interval_seconds: float) -> None:
-    """Expire abandoned holds of tenants that have no traffic (any batch of a tenant does it too)."""
-    while True:
-        await asyncio.sleep(interval_seconds)
-        try:
-            await run_in_threadpool(service.engine.expire_holds)
-        except (RemitError, Unavailable):
-            log.warning("expiry sweep failed; retrying next round")
-        except Exception:
-            log.exception("expiry sweep failed")
+async def _sweep(service: Service, interval_seconds: float, stop: asyncio.Event) -> None:
+    """Expire abandoned holds of tenants that have no traffic (any batch of a tenant does it too).
+
+    Stopped by `stop`, never cancelled: a cancelled task would leave its worker thread inside a
+    batch while the store closes.
+    """
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_seconds)
+        for _ in range(SWEEP_ROUNDS_MAX):  # a backlog drains now, not at one batch per interval
+            if stop.is_set():
+                return
+            try:
+                expired = await run_in_threadpool(service.engine.expire_holds)
+            except RemitError:
+                log.warning("expiry sweep failed; retrying next round")
+                break
+            except Exception:
+                log.exception("expiry sweep failed")
+                break
+            if expired < EXPIRY_BATCH_SIZE_MAX:
+                break

@@ -26,6 +26,7 @@ _STATUS_BY_CODE = {
     "conflict": 409,
     "body_too_large": 413,
     "unsupported_media_type": 415,
+    "rate_limited": 429,
     "overloaded": 503,
     "unavailable": 503,
     "internal": 500,
@@ -54,6 +55,8 @@ def error_response(
     headers = dict(headers or {})
     if status == 503:
         headers["retry-after"] = RETRY_AFTER_SECONDS
+    if status == 429:
+        headers["retry-after"] = str((details or {}).get("retry_after_seconds", RETRY_AFTER_SECONDS))
     if status == 401:
         headers["www-authenticate"] = 'Bearer realm="remit"'
     return Response(body, status_code=status, media_type="application/json", headers=headers)

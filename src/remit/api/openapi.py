@@ -59,8 +59,9 @@ def _body(schema: Schema, *, required: bool = True, yaml: bool = False) -> dict[
     return {"required": required, "content": content}
 
 
-SECURED = (401, 500, 503)
-"""Every route behind a key can answer these (503: the store failed or the engine is overloaded)."""
+SECURED = (401, 429, 500, 503)
+"""Every route behind a key can answer these (429: the API's own rate limit per key; 503: the store
+failed or the engine is overloaded)."""
 WITH_BODY = (400, 413, 422)
 ADMIN = (403,)
 DECIDES = (409,)

@@ -50,6 +50,8 @@ ERROR_DESCRIPTIONS = {
     422: "Well-formed, but a field cannot be accepted (`invalid_field`, `invalid_amount`, `amount_too_large`, "
     "`unknown_agent`, `unknown_meter`, `meter_not_held`, `task_required`, `invalid_config`, …); "
     "`details.field` names the field.",
+    429: "Over the API's own rate limit for this key (`rate_limited`); retry after `Retry-After` seconds. "
+    "Budgets never answer 429: a budget that refuses is a 200 `deny`.",
     500: "A bug: the request changed nothing (`internal`, `invariant_violation`).",
     503: "Overloaded, or the store failed; retry after `Retry-After` seconds (`overloaded`, `unavailable`).",
 }
@@ -425,7 +427,12 @@ def _config_schemas() -> dict[str, Schema]:
                 "dry_run": {"type": "boolean"},
                 "version": {"type": "integer", "minimum": 0, "description": "The version in force afterwards."},
                 "changes": _array(_ref("Change")),
-            }
+                "revoked_keys": {
+                    **_array(_string()),
+                    "description": "Present when the apply removed agents: the ids of their keys, revoked with them.",
+                },
+            },
+            optional=("revoked_keys",),
         ),
         "Scope": _answer({"path": _string(), "owner": _nullable(_string()), "budgets": _array(_ref("Budget"))}),
         "Agent": _answer(
@@ -508,6 +515,7 @@ ERROR_RESPONSES = {
     409: "Conflict",
     413: "PayloadTooLarge",
     422: "UnprocessableContent",
+    429: "TooManyRequests",
     500: "InternalError",
     503: "Unavailable",
 }
@@ -520,7 +528,7 @@ def _error_responses() -> dict[str, Any]:
         response: dict[str, Any] = {"description": ERROR_DESCRIPTIONS[status], "content": _json_content(_ref("Error"))}
         if status == 401:
             response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
-        if status == 503:
+        if status in (429, 503):
             response["headers"] = {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}}
         responses[name] = response
     return responses
