@@ -253,7 +253,9 @@ class Service:
         if removed and not is_dry_run:
             # A retired agent's keys go with it, whichever way it was removed: re-added later
             # (perhaps in another scope), the old keys must not act again.
-            answer["revoked_keys"] = self._revoke_agent_keys(tenant_id, removed)
+            revoked = self._revoke_agent_keys(tenant_id, removed)
+            if revoked:
+                answer["revoked_keys"] = revoked
         return answer
 
     def _revoke_agent_keys(self, tenant_id: str, agents: set[str]) -> list[str]:
@@ -487,7 +489,12 @@ class Service:
                     principal.agent, query.agents, query.action, query.kind, query.since_us, query.until_us
                 )
             if scope is not None and scope != ROOT_SCOPE:
-                if not any(in_subtree(path, scope) for path in tenant.scopes):
+                is_known = any(in_subtree(path, scope) for path in tenant.scopes)
+                if not principal.is_admin:  # an agent key: its own path only, others as if missing
+                    agent = tenant.agents.get(principal.agent or "")
+                    own = agent.own_scope if agent is not None else None
+                    is_known = own is not None and (in_subtree(own, scope) or in_subtree(scope, own))
+                if not is_known:
                     raise NotFound(f"scope {scope!r} does not exist")
                 agents = [a.name for a in tenant.agents.values() if in_subtree(a.scope, scope)]
                 query = LedgerFilter(query.agent, agents, query.action, query.kind, query.since_us, query.until_us)

@@ -123,10 +123,11 @@ def reservation_case(action: str, body: dict[str, Any]) -> Callable[[Fleet], Non
 
 
 def headroom(fleet: Fleet) -> None:
-    """Allowed, but only its own path: no budget of support (helper-1's) shows."""
+    """Allowed, but only its own path: another scope (helper-1's support) is as missing as a made-up one."""
     rows = ok(fleet.bot7.get("/v1/headroom"))["budgets"]
     assert rows and {row["scope"] for row in rows} <= set(OWN_PATH)
-    assert ok(fleet.bot7.get("/v1/headroom", params={"scope": "support"}))["budgets"] == []
+    for scope in ("support", "no-such-scope"):
+        refused(fleet.bot7.get("/v1/headroom", params={"scope": scope}), 404, "not_found")
 
 
 def ledger(fleet: Fleet) -> None:
@@ -134,7 +135,8 @@ def ledger(fleet: Fleet) -> None:
     entries = ok(fleet.bot7.get("/v1/ledger", params={"limit": "1000"}))["entries"]
     assert entries and {entry["agent"] for entry in entries} == {"bot-7"}
     assert ok(fleet.bot7.get("/v1/ledger", params={"agent": "bot-8"}))["entries"] == []
-    assert ok(fleet.bot7.get("/v1/ledger", params={"scope": "support"}))["entries"] == []
+    for scope in ("support", "no-such-scope"):
+        refused(fleet.bot7.get("/v1/ledger", params={"scope": scope}), 404, "not_found")
 
 
 def whoami(fleet: Fleet) -> None:
