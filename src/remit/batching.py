@@ -8,13 +8,14 @@ meanwhile forms the next batch.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from remit.domain.decisions import Decision
 from remit.engine import ActionInput, Engine, Operation, Result, expect_result
 from remit.errors import Overloaded, batch_failure
-from remit.limits import LEASE_SECONDS_DEFAULT, QUEUE_LENGTH_MAX
+from remit.limits import LEASE_SECONDS_DEFAULT, QUEUE_LENGTH_MAX, QUEUE_LENGTH_PER_TENANT_MAX
 from remit.operations import Act
 from remit.results import CommitResult, ExtendResult, ReleaseResult, UsageResult
 
@@ -25,6 +26,8 @@ class AsyncBatcher:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._pending: list[tuple[Operation, asyncio.Future[Result]]] = []
+        self._waiting_by_tenant: Counter[str] = Counter()
+        """Requests of each tenant in `_pending`: one tenant cannot fill the whole queue."""
         self._is_draining = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="remit-batch")
         self._idle = asyncio.Event()
@@ -39,13 +42,21 @@ class AsyncBatcher:
     async def submit(self, operation: Operation) -> Result:
         if len(self._pending) >= QUEUE_LENGTH_MAX:
             raise Overloaded(f"more than {QUEUE_LENGTH_MAX} requests are waiting; retry shortly")
+        if self._waiting_by_tenant[operation.tenant_id] >= QUEUE_LENGTH_PER_TENANT_MAX:
+            raise Overloaded(
+                f"more than {QUEUE_LENGTH_PER_TENANT_MAX} requests of this tenant are waiting; retry shortly"
+            )
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._enqueue(operation, future)
+        return await future
+
+    def _enqueue(self, operation: Operation, future: asyncio.Future[Result]) -> None:
         self._pending.append((operation, future))
+        self._waiting_by_tenant[operation.tenant_id] += 1
         if not self._is_draining:
             self._is_draining = True
             self._idle.clear()
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
-        return await future
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -53,6 +64,10 @@ class AsyncBatcher:
             while self._pending:
                 size = self.engine.batch_size_max
                 batch, self._pending = self._pending[:size], self._pending[size:]
+                for operation, _ in batch:
+                    self._waiting_by_tenant[operation.tenant_id] -= 1
+                    if not self._waiting_by_tenant[operation.tenant_id]:
+                        del self._waiting_by_tenant[operation.tenant_id]
                 try:
                     results = await loop.run_in_executor(self._executor, self.engine.execute, [op for op, _ in batch])
                 except BaseException as error:  # every caller of the failed batch hears of it
@@ -81,7 +96,7 @@ class AsyncBatcher:
                     release = self.engine.release_operation(operation.tenant_id, result.reservation_id)
                     orphan: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
                     orphan.add_done_callback(_ignore_outcome)
-                    self._pending.append((release, orphan))
+                    self._enqueue(release, orphan)
                 continue
             if isinstance(result, BaseException):
                 future.set_exception(result)

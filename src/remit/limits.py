@@ -35,6 +35,9 @@ BATCH_SIZE_MAX = 1024
 """Most requests decided in one store transaction."""
 QUEUE_LENGTH_MAX = 100_000
 """Most requests waiting for a batch before callers are told the engine is overloaded."""
+QUEUE_LENGTH_PER_TENANT_MAX = 25_000
+"""Most requests of one tenant waiting in a server's queue: a flood from one tenant answers that
+tenant 503 while the others still get in."""
 EXPIRY_BATCH_SIZE_MAX = 256
 """Most abandoned holds expired in one batch (the rest wait for the next)."""
 EXPIRY_ROUNDS_MAX = 10_000

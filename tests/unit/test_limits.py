@@ -88,3 +88,5 @@ def test_service_limits() -> None:
     # A revoked key stops working within seconds, not minutes.
     assert 1 <= limits.KEY_CACHE_SECONDS_MAX <= 60
     assert limits.LEDGER_PAGE_SIZE_MAX <= limits.BURN_RATE_ENTRIES_MAX
+    # One tenant fills at most a share of the queue, and that share holds a full batch.
+    assert BATCH_SIZE_MAX <= limits.QUEUE_LENGTH_PER_TENANT_MAX < QUEUE_LENGTH_MAX
