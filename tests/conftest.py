@@ -7,6 +7,7 @@ except under CI (CI=true), where that is a failure: `.ci/run` also checks nothin
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -71,9 +72,12 @@ def _with_database(url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (other processes may open it too); dropped afterwards.
+
+    Skipped when PostgreSQL is unreachable; a failure under CI.
+    """
     require_postgres()
     name = f"remit_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
@@ -83,6 +87,23 @@ def pg_url() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, directory: Path) -> Iterator[str]:
+    """A database URL nothing has used: a new SQLite file in `directory`, or a new PostgreSQL database."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / f'remit-{uuid.uuid4().hex[:8]}.db'}"
+        return
+    with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    with fresh_pg_database() as url:
+        yield url
 
 
 def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Store:

@@ -22,11 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 import remit
-from conftest import EXAMPLE_CONFIG, PG_ADMIN_URL, require_postgres
+from conftest import EXAMPLE_CONFIG, fresh_database
 from remit.errors import ConfigError, Conflict, InvalidRequest, NotFound
 
 DAY_BUDGET = "sales/renewals/agent:bot-7:usd:day"
@@ -34,18 +33,8 @@ DAY_BUDGET = "sales/renewals/agent:bot-7:usd:day"
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def module_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('local') / 'remit.db'}"
-        return
-    require_postgres()
-    name = f"remit_local_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(request.param, tmp_path_factory.mktemp("local")) as url:
+        yield url
 
 
 @pytest.fixture

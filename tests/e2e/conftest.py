@@ -12,35 +12,16 @@ tests/conftest.py: skipped when unreachable, a failure under CI.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from conftest import PG_ADMIN_URL, require_postgres
+from conftest import fresh_database
 
 from .servers import RemitServer, running
 
 STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@contextlib.contextmanager
-def fresh_database(store: str, directory: Path) -> Iterator[str]:
-    """A database URL nothing has used: a new SQLite file, or a new PostgreSQL database dropped afterwards."""
-    if store == "sqlite":
-        yield f"sqlite:///{directory / f'remit-{uuid.uuid4().hex[:8]}.db'}"
-        return
-    require_postgres()
-    name = f"remit_e2e_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def store_of(server: RemitServer) -> str:

@@ -18,16 +18,14 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
-from conftest import PG_ADMIN_URL, require_postgres
+from conftest import fresh_database, fresh_pg_database
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "remit.yaml"
@@ -39,28 +37,10 @@ _AGENT_LINE = re.compile(r"^agent key (\S+): (rk_\S+)$")
 _SERVING_LINE = "remit serving "
 
 
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database other processes can open; dropped afterwards."""
-    require_postgres()  # skipped when unreachable; a failure under CI
-    name = f"remit_e2e_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
-def database(kind: str, directory: Path) -> Iterator[str]:
-    """A database URL for `kind` ("sqlite" or "postgres") that nothing has used yet."""
-    if kind == "sqlite":
-        yield f"sqlite:///{directory / f'remit-{uuid.uuid4().hex[:8]}.db'}"
-        return
-    with postgres_database() as url:
-        yield url
+postgres_database = fresh_pg_database
+"""A fresh, empty PostgreSQL database other processes can open; dropped afterwards."""
+database = fresh_database
+"""A database URL for `kind` ("sqlite" or "postgres") that nothing has used yet."""
 
 
 def free_port() -> int:
