@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from conftest import fresh_database, fresh_pg_database
+from remit.api.app import Api, routes
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "remit.yaml"
@@ -179,3 +180,9 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     assert set(error) == {"code", "message", "details"}, error
     assert isinstance(error["message"], str) and error["message"], error
     return error
+
+
+def served_routes() -> list[tuple[str, str]]:
+    """Every (path, method) the app serves, read from the route table itself."""
+    table = routes(Api(None, None, None))  # type: ignore[arg-type]  # only paths and methods are read
+    return [(route.path, method) for route in table for method in sorted((route.methods or set()) - {"HEAD"})]
