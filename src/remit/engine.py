@@ -108,12 +108,15 @@ class Engine:
         source: str = "<config>",
         is_dry_run: bool = False,
         expected_version: int | None = None,
+        on_apply: Callable[[Transaction, TenantConfig, TenantConfig], None] | None = None,
     ) -> TenantConfig:
         """Validate and apply a config document. Counters of budgets that keep their id keep their usage.
 
         A dry run checks everything an apply would and returns the config it would make,
         changing nothing. `expected_version` refuses the apply (`config_changed`) if another
-        writer applied a config since the caller read version `expected_version`.
+        writer applied a config since the caller read version `expected_version`. `on_apply(tx,
+        old, new)` runs in the apply's own transaction, so what it writes lands with the config or
+        not at all (the service revokes removed agents' keys there).
         """
         parsed = config_io.parse_document(document, source=source)
         now_us = self.clock()
@@ -158,6 +161,8 @@ class Engine:
                         detail={"version": version, "sha256": hashlib.sha256(canonical.encode()).hexdigest()},
                     )
                     tx.write(tenant_id, BatchWrite(entries=[entry]))
+                    if on_apply is not None:
+                        on_apply(tx, old, tenant)
                     tx.commit()
             except Exception as error:
                 if not self._is_retryable(error):

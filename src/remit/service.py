@@ -34,7 +34,7 @@ from remit.limits import (
     LEDGER_PAGE_SIZE_MAX,
 )
 from remit.operations import check_name
-from remit.store.base import KeyRow, LedgerFilter
+from remit.store.base import KeyRow, LedgerFilter, Transaction
 from remit.wire import LedgerRequest, format_time
 
 US_PER_HOUR = 3600 * US_PER_SECOND
@@ -243,32 +243,34 @@ class Service:
         expected_version: int | None = None,
     ) -> dict[str, Any]:
         before = self._config(tenant_id)
+        revoked: list[str] = []
+
+        def revoke_removed_agents_keys(tx: Transaction, old: TenantConfig, new: TenantConfig) -> None:
+            # A retired agent's keys go with it, whichever way it was removed, in the same
+            # transaction: re-added later (perhaps in another scope), old keys must not act again.
+            removed = old.agents.keys() - new.agents.keys()
+            for row in tx.list_keys(tenant_id) if removed else []:
+                if row.agent in removed and row.revoked_at_us is None:
+                    tx.revoke_key(tenant_id, row.key_id, self.clock())
+                    revoked.append(row.key_id)
+
         after = self.engine.apply_config(
-            tenant_id, document, source=source, is_dry_run=is_dry_run, expected_version=expected_version
+            tenant_id,
+            document,
+            source=source,
+            is_dry_run=is_dry_run,
+            expected_version=expected_version,
+            on_apply=revoke_removed_agents_keys,
         )
         changes = diff_configs(before, after)
         version = before.version if is_dry_run else after.version
         answer: dict[str, Any] = {"dry_run": is_dry_run, "version": version, "changes": changes}
-        removed = {c["name"] for c in changes if c["kind"] == "agent" and c["op"] == "remove"}
-        if removed and not is_dry_run:
-            # A retired agent's keys go with it, whichever way it was removed: re-added later
-            # (perhaps in another scope), the old keys must not act again.
-            revoked = self._revoke_agent_keys(tenant_id, removed)
-            if revoked:
-                answer["revoked_keys"] = revoked
-        return answer
-
-    def _revoke_agent_keys(self, tenant_id: str, agents: set[str]) -> list[str]:
-        revoked = []
-        with self.engine.store.transaction() as tx:
-            for row in tx.list_keys(tenant_id):
-                if row.agent in agents and row.revoked_at_us is None:
-                    tx.revoke_key(tenant_id, row.key_id, self.clock())
-                    revoked.append(row.key_id)
-            tx.commit()
+        revoked = list(dict.fromkeys(revoked))  # an apply retried after a deadlock revokes the same keys again
         for key_id in revoked:
             self._forget_key(key_id)
-        return revoked
+        if revoked:
+            answer["revoked_keys"] = revoked
+        return answer
 
     def edit_config(
         self, principal: Principal, edit: Callable[[dict[str, Any]], None], *, source: str

@@ -103,8 +103,11 @@ def test_editing_a_scopes_owner_keeps_its_budgets_and_removing_an_agent_revokes_
         assert after["owner"] == "kim" and after["budgets"] == before
         config = httpx.get(f"{server.url}/v1/config", headers=auth(admin)).json()["config"]
         del config["agents"]["bot-8"]
-        applied = httpx.put(f"{server.url}/v1/config", headers=auth(admin), json=config).json()
         bot8 = server.agent_keys["bot-8"]
+        planned = httpx.put(f"{server.url}/v1/config?dry_run=true", headers=auth(admin), json=config).json()
+        assert "revoked_keys" not in planned, "a dry run revokes nothing"
+        assert httpx.get(f"{server.url}/v1/whoami", headers=auth(bot8)).status_code == 200
+        applied = httpx.put(f"{server.url}/v1/config", headers=auth(admin), json=config).json()
         assert applied["revoked_keys"] == [bot8.split("_")[1]]
         assert httpx.get(f"{server.url}/v1/whoami", headers=auth(bot8)).status_code == 401
 
