@@ -186,3 +186,29 @@ def served_routes() -> list[tuple[str, str]]:
     """Every (path, method) the app serves, read from the route table itself."""
     table = routes(Api(None, None, None))  # type: ignore[arg-type]  # only paths and methods are read
     return [(route.path, method) for route in table for method in sorted((route.methods or set()) - {"HEAD"})]
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
+    return response.json()
+
+
+def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
+    error = error_of(response)
+    assert error["code"] == code, error
+    return error
+
+
+def tenant_state(admin: httpx.Client, tenant: str = "default") -> tuple[Any, ...]:
+    """Everything of a tenant a refused or foreign request must leave as it was: balances, the
+    whole ledger (consistent with the counters), the config and the keys."""
+    balances = {
+        row["budget"]: (row["limit"], row["used"], row["held"], row["remaining"])
+        for row in ok(admin.get("/v1/headroom"))["budgets"]
+    }
+    ledger = ok(admin.get("/v1/ledger", params={"limit": "1000"}))
+    assert ledger["next_cursor"] is None
+    check = ok(admin.get("/v1/check"))
+    assert check["is_consistent"] and check["tenant"] == tenant
+    return balances, ledger["entries"], ok(admin.get("/v1/config")), ok(admin.get("/v1/keys"))

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .servers import client, error_of, served_routes
+from .servers import client, ok, refused, served_routes, tenant_state
 
 OWN_PATH = ("/", "sales", "sales/renewals", "sales/renewals/agent:bot-7")
 ADMIN_ONLY = "this needs an admin key"
@@ -37,18 +37,6 @@ class Fleet:
     """bot-8's committed reservation."""
     bot7_key_id: str
     bot8_key_id: str
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
-    return response.json()
-
-
-def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
-    error = error_of(response)
-    assert error["code"] == code, error
-    return error
 
 
 def forbidden(response: httpx.Response) -> None:
@@ -81,18 +69,6 @@ def fleet(module_server: Any) -> Iterator[Fleet]:
     finally:
         for opened in clients:
             opened.close()
-
-
-def tenant_state(fleet: Fleet) -> tuple[Any, ...]:
-    admin = fleet.admin
-    balances = {
-        row["budget"]: (row["limit"], row["used"], row["held"], row["remaining"])
-        for row in ok(admin.get("/v1/headroom"))["budgets"]
-    }
-    ledger = ok(admin.get("/v1/ledger", params={"limit": "1000"}))
-    assert ledger["next_cursor"] is None
-    assert ok(admin.get("/v1/check"))["is_consistent"]
-    return balances, ledger["entries"], ok(admin.get("/v1/config")), ok(admin.get("/v1/keys"))
 
 
 # == one case per route: bot-7's key reaches past its agent ========================================
@@ -228,9 +204,9 @@ def test_every_case_is_a_served_route() -> None:
 def test_an_agent_key_cannot_reach_past_its_agent(fleet: Fleet, path: str, method: str) -> None:
     case = CASES.get((path, method))
     assert case is not None, f"{method} {path} has no agent-key case in {__file__}"
-    before = tenant_state(fleet)
+    before = tenant_state(fleet.admin)
     case(fleet)
-    assert tenant_state(fleet) == before
+    assert tenant_state(fleet.admin) == before
     extended = ok(fleet.bot8.post(f"/v1/reservations/{fleet.held}/extend", json={"lease_seconds": 3600}))
     assert extended["status"] == "held"  # bot-8's own key still resolves its own reservation
     assert ok(fleet.bot7.get("/v1/whoami"))["agent"] == "bot-7"  # bot-7's key was neither rotated nor revoked

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from .servers import client, error_of, served_routes, start_server
+from .servers import client, ok, refused, served_routes, start_server, tenant_state
 
 B_CONFIG = {
     "tenant": {"timezone": "UTC"},
@@ -48,18 +48,6 @@ class World:
     a_committed: str
     a_key_ids: list[str]
     a_agents: list[str]
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
-    return response.json()
-
-
-def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
-    error = error_of(response)
-    assert error["code"] == code, error
-    return error
 
 
 @pytest.fixture(scope="module")
@@ -107,20 +95,6 @@ def world(module_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         for opened in clients:
             opened.close()
-
-
-def a_state(world: World) -> tuple[Any, ...]:
-    """Everything of A's that B could have read-through or changed."""
-    admin = world.a_admin
-    balances = {
-        row["budget"]: (row["limit"], row["used"], row["held"], row["remaining"])
-        for row in ok(admin.get("/v1/headroom"))["budgets"]
-    }
-    ledger = ok(admin.get("/v1/ledger", params={"limit": "1000"}))
-    assert ledger["next_cursor"] is None
-    check = ok(admin.get("/v1/check"))
-    assert check["is_consistent"] and check["tenant"] == "default"
-    return balances, ledger["entries"], ok(admin.get("/v1/config")), ok(admin.get("/v1/keys"))
 
 
 def b_ledger(world: World, **params: str) -> list[dict[str, Any]]:
@@ -368,9 +342,9 @@ def test_every_case_is_a_served_route() -> None:
 def test_another_tenant_can_read_or_change_nothing(world: World, path: str, method: str) -> None:
     case = CASES.get((path, method))
     assert case is not None, f"{method} {path} has no tenant-isolation case in {__file__}"
-    before = a_state(world)
+    before = tenant_state(world.a_admin)
     case(world)
-    assert a_state(world) == before
+    assert tenant_state(world.a_admin) == before
     # A's own keys and reservations still work as A's.
     assert ok(world.a_bot.get("/v1/whoami"))["tenant"] == "default"
     extended = ok(world.a_bot.post(f"/v1/reservations/{world.a_held}/extend", json={"lease_seconds": 3600}))
