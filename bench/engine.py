@@ -14,24 +14,28 @@ uses a fresh database created beside it and dropped afterwards.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/http.py would shadow the standard library's `http` package (httpx, which `remit` imports,
+# needs it) while this folder leads the import path: it goes to the end instead.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.append(sys.path.pop(0))
+
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
+from pgdatabase import PgDatabase
 from remit.batching import AsyncBatcher
 from remit.bootstrap import open_store, tune_gc_for_service
 from remit.engine import ActionInput, Engine
 from remit.store.base import Store
 
-PG_URL = os.environ.get("REMIT_BENCH_PG", "postgresql://127.0.0.1:5432/postgres")
 AGENTS = 1000
 ENTITIES = 5000
 
@@ -46,23 +50,6 @@ def bench_config(agents: int) -> dict[str, Any]:
             for i in range(agents)
         },
     }
-
-
-class PgDatabase:
-    """A throw-away database next to REMIT_BENCH_PG."""
-
-    def __init__(self) -> None:
-        import psycopg
-
-        self.name = f"remit_bench_{uuid.uuid4().hex[:10]}"
-        self._psycopg = psycopg
-        with psycopg.connect(PG_URL, autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{self.name}"')
-        self.url = PG_URL.rpartition("/")[0] + "/" + self.name
-
-    def drop(self) -> None:
-        with self._psycopg.connect(PG_URL, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 async def _agent(batcher: AsyncBatcher, index: int, pairs: int, latencies_s: list[float]) -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 # `http` package (which urllib needs), so the folder leaves the import path first.
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
+sys.path.append(str(Path(__file__).resolve().parent))  # last: for pgdatabase, never before the stdlib
 
 import argparse
 import json
@@ -45,10 +46,10 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-import uuid
 from typing import Any
 
-PG_URL = os.environ.get("REMIT_BENCH_PG", "postgresql://127.0.0.1:5432/postgres")
+from pgdatabase import PgDatabase
+
 LOADGEN_SOURCE = Path(__file__).with_name("loadgen.c")
 SERVER_START_SECONDS_MAX = 60
 AMOUNT_USD = "1.00"
@@ -64,23 +65,6 @@ def bench_config(agents: int) -> dict[str, Any]:
             for i in range(agents)
         },
     }
-
-
-class PgDatabase:
-    """A throw-away database next to REMIT_BENCH_PG."""
-
-    def __init__(self) -> None:
-        import psycopg
-
-        self.name = f"remit_bench_{uuid.uuid4().hex[:10]}"
-        self._psycopg = psycopg
-        with psycopg.connect(PG_URL, autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{self.name}"')
-        self.url = PG_URL.rpartition("/")[0] + "/" + self.name
-
-    def drop(self) -> None:
-        with self._psycopg.connect(PG_URL, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 def compile_loadgen(directory: Path) -> Path:
