@@ -98,8 +98,19 @@ def raise_priority(niceness: int) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a process and its descendants (the worker processes of `--workers`)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 def machine_busy_seconds() -> tuple[float, float]:
@@ -122,6 +133,8 @@ class Server:
         ]  # fmt: skip
         if not args.log_requests:
             command.append("--no-log-requests")
+        if args.workers > 1:
+            command += ["--workers", str(args.workers)]
         env = dict(os.environ)
         if os.environ.get("REMIT_BENCH_PYTHONPATH"):
             env["PYTHONPATH"] = os.environ["REMIT_BENCH_PYTHONPATH"]
@@ -271,6 +284,7 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="measured load per run")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured load before it")
+    parser.add_argument("--workers", type=int, default=1, help="`remit serve --workers N`: server processes")
     parser.add_argument("--log-requests", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--server-cpus", help="taskset CPU list for the server, e.g. 0")
     parser.add_argument("--load-cpus", help="taskset CPU list for the load generator, e.g. 1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 from pathlib import Path
 
 from remit.engine import Clock, Engine, system_clock
@@ -61,11 +62,23 @@ it reaches the oldest generation (measured: a third of a 1,000-request batch's t
 """
 
 
+SWITCH_INTERVAL_SECONDS = 0.0005
+"""How long a thread may keep the GIL while another waits (CPython's default: 5 ms).
+
+A server's batch thread gives the GIL up at every store call and then waits for the event loop
+to hand it back, while holding the store's write lock (or tenant row lock) that every other
+process waits for. At 0.5 ms instead of 5 ms, bench/http.py with PostgreSQL gained 4-8 % in
+each of four paired runs (one and two worker processes).
+"""
+
+
 def tune_gc_for_service() -> None:
-    """Freeze what start-up allocated and collect less often; for servers and benchmarks only."""
+    """Freeze what start-up allocated and collect less often, and hand the GIL over sooner;
+    for servers and benchmarks only."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
 
 
 def open_engine(database_url: str = DEFAULT_DATABASE_URL, *, clock: Clock = system_clock) -> Engine:

@@ -36,6 +36,7 @@ from remit.limits import (
     LEDGER_PAGE_SIZE_DEFAULT,
     LEDGER_PAGE_SIZE_MAX,
     REQUESTS_PER_KEY_PER_SECOND_DEFAULT,
+    WORKERS_MAX,
 )
 
 if TYPE_CHECKING:
@@ -200,6 +201,12 @@ def serve(  # noqa: PLR0917 - one parameter per command-line option
     rate_limit: Annotated[
         int, typer.Option(min=0, help="The API's own limit: requests/s per key and process (0: none); past it, 429.")
     ] = REQUESTS_PER_KEY_PER_SECOND_DEFAULT,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=WORKERS_MAX, help="Server processes sharing the port (one Python process uses one core)."
+        ),
+    ] = 1,
 ) -> None:
     """Serve the HTTP API. The first start creates the tenant, applies the config and prints its keys once."""
     from remit.config import load_file
@@ -218,6 +225,7 @@ def serve(  # noqa: PLR0917 - one parameter per command-line option
             config_source=str(config_path),
             is_logging_requests=log_requests,
             requests_per_key_per_second=rate_limit,
+            workers=workers,
         )
         run_server(options, announce=lambda line: print(line, flush=True))
     except RemitError as error:

@@ -74,6 +74,8 @@ REQUEST_BODY_BYTES_MAX = 4 * 1024 * 1024 + 64 * 1024
 EXPIRY_SWEEP_SECONDS_DEFAULT = 1
 """How often a server expires abandoned holds of tenants with no traffic."""
 SHUTDOWN_GRACE_SECONDS_MAX = 10
+"""How long a stopping server lets in-flight requests finish."""
 REQUEST_LOG_BUFFER_LINES_MAX = 4096
 """Request-log lines held before they are written (they are also written every 50 ms)."""
-"""How long a stopping server lets in-flight requests finish."""
+WORKERS_MAX = 64
+"""Most server processes `remit serve --workers` starts (each holds its own store connections)."""

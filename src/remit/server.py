@@ -2,10 +2,18 @@
 
 Shutdown (SIGINT/SIGTERM) stops accepting connections, lets in-flight requests finish (their
 batches commit), drains the batcher, then closes the store: nothing is left half-written.
+
+With `workers` > 1 the process bootstraps, binds the port and becomes uvicorn's supervisor of
+that many worker processes (spawned, each with its own store connections, engine, batcher and
+key cache) sharing the listening socket. One CPython process uses one core, whatever the
+machine has; workers are how one node uses the rest. Each worker is a full server: the store
+orders them exactly as it orders several nodes (DESIGN.md §3). A worker that dies is replaced.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 from collections.abc import Callable, Mapping
@@ -14,6 +22,8 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.supervisors import Multiprocess
 
 from remit.api.app import create_app
 from remit.api.requestlog import RequestLogWriter
@@ -26,6 +36,8 @@ from remit.service import Bootstrap, Service
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_TENANT = "default"
+WORKER_OPTIONS_ENV = "REMIT_WORKER_OPTIONS"
+"""How the supervisor hands a spawned worker its options (uvicorn imports the app by name there)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +51,8 @@ class ServeOptions:
     config_source: str = "<config>"
     is_logging_requests: bool = True
     requests_per_key_per_second: int = REQUESTS_PER_KEY_PER_SECOND_DEFAULT
+    workers: int = 1
+    """Server processes sharing the port (1: this process serves)."""
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -57,32 +71,15 @@ def check_port_free(host: str, port: int) -> None:
 def serve(options: ServeOptions, *, announce: Callable[[str], None] = print) -> None:
     """Run until interrupted. `announce` receives the lines a user needs (keys once, the address)."""
     check_port_free(options.host, options.port)
+    if options.workers > 1:
+        _serve_workers(options, announce)
+        return
     store = open_store(options.database_url)
     try:
-        engine = Engine(store)
-        service = Service(engine)
-        if options.config is not None:
-            created = service.bootstrap_tenant(options.tenant, options.config, source=options.config_source)
-            announce_keys(created, options.tenant, announce)
-        app = create_app(
-            service,
-            request_log=RequestLogWriter() if options.is_logging_requests else None,
-            requests_per_key_per_second=options.requests_per_key_per_second,
-        )
-        config = uvicorn.Config(
-            app,
-            host=options.host,
-            port=options.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS_MAX,
-            backlog=4096,
-            proxy_headers=False,  # the log shows the peer address; trusting X-Forwarded-For is a deployment choice
-        )
-        server = uvicorn.Server(config)
+        service = Service(Engine(store))
+        _bootstrap(service, options, announce)
+        app = _app(service, options)
+        server = uvicorn.Server(_uvicorn_config(app, options))
         announce(f"remit serving http://{options.host}:{options.port} (tenant {options.tenant}; Ctrl-C stops)")
         tune_gc_for_service()
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
@@ -96,6 +93,74 @@ def serve(options: ServeOptions, *, announce: Callable[[str], None] = print) -> 
                 signal.signal(sig, handler)
     finally:
         store.close()
+
+
+def _bootstrap(service: Service, options: ServeOptions, announce: Callable[[str], None]) -> None:
+    if options.config is not None:
+        created = service.bootstrap_tenant(options.tenant, options.config, source=options.config_source)
+        announce_keys(created, options.tenant, announce)
+
+
+def _app(service: Service, options: ServeOptions, on_shutdown: Callable[[], None] | None = None) -> ASGIApp:
+    return create_app(
+        service,
+        request_log=RequestLogWriter() if options.is_logging_requests else None,
+        requests_per_key_per_second=options.requests_per_key_per_second,
+        on_shutdown=on_shutdown,
+    )
+
+
+def _uvicorn_config(app: ASGIApp | str, options: ServeOptions) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        factory=isinstance(app, str),
+        workers=options.workers,
+        host=options.host,
+        port=options.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS_MAX,
+        backlog=4096,
+        proxy_headers=False,  # the log shows the peer address; trusting X-Forwarded-For is a deployment choice
+    )
+
+
+def _serve_workers(options: ServeOptions, announce: Callable[[str], None]) -> None:
+    """Bootstrap here, then supervise `options.workers` spawned worker processes on one socket."""
+    store = open_store(options.database_url)
+    try:
+        _bootstrap(Service(Engine(store)), options, announce)
+    finally:
+        store.close()  # the supervisor holds no connection: only workers touch the store
+    worker_options = {
+        "database_url": options.database_url,
+        "is_logging_requests": options.is_logging_requests,
+        "requests_per_key_per_second": options.requests_per_key_per_second,
+    }
+    os.environ[WORKER_OPTIONS_ENV] = json.dumps(worker_options)
+    config = _uvicorn_config(f"{__name__}:worker_app", options)
+    listener = config.bind_socket()
+    announce(
+        f"remit serving http://{options.host}:{options.port} with {options.workers} worker processes "
+        f"(tenant {options.tenant}; Ctrl-C stops)"
+    )
+    try:
+        Multiprocess(config, sockets=[listener]).run()
+    finally:
+        listener.close()
+
+
+def worker_app() -> ASGIApp:
+    """The app of one spawned worker (uvicorn calls this factory by name in the worker process)."""
+    settings = json.loads(os.environ[WORKER_OPTIONS_ENV])
+    options = ServeOptions(**settings)
+    store = open_store(options.database_url)
+    app = _app(Service(Engine(store)), options, on_shutdown=store.close)
+    tune_gc_for_service()
+    return app
 
 
 def _after_graceful_stop(sig: int, frame: FrameType | None) -> None:

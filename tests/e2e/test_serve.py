@@ -151,6 +151,7 @@ def test_every_request_logs_one_json_line(database: Path) -> None:
     requests = [(r["method"], r["path"], r["status"]) for r in records]
     assert requests[-3:] == [("POST", "/v1/authorize", 200), ("POST", "/v1/authorize", 401), ("GET", "/nowhere", 404)]
     assert records[-3]["tenant"] == "default" and records[-3]["duration_ms"] > 0
+    assert {r["pid"] for r in records[-3:]} == {served.process.pid}  # one process: it answered all three
 
 
 async def _agent_loop(url: str, key: str, answers: list[dict[str, Any]], stop: asyncio.Event) -> None:

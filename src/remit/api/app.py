@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib import resources
@@ -60,6 +61,9 @@ SWEEP_ROUNDS_MAX = 100
 """Most expiry batches one sweep runs back to back (25,600 holds) before it yields to the next interval."""
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+_PID = os.getpid()
+"""The log line's `pid`: which worker process answered (`remit serve --workers`). Spawned workers import afresh."""
 
 CLIENT_CLOSED_REQUEST = 499
 """Logged (never sent) when a client disconnects before its request was read: nginx's convention."""
@@ -389,6 +393,7 @@ class RequestLog:
                     "duration_ms": round(seconds * 1000, 3),
                     "tenant": state.get("tenant"),
                     "client": _client_host(scope),
+                    "pid": _PID,
                 }
             )
 
@@ -467,11 +472,13 @@ def create_app(
     expiry_sweep_seconds: float = EXPIRY_SWEEP_SECONDS_DEFAULT,
     request_log: RequestLogWriter | None = None,
     requests_per_key_per_second: int = REQUESTS_PER_KEY_PER_SECOND_DEFAULT,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> ASGIApp:
     """The ASGI app. Its lifespan starts the batcher and the expiry sweep and drains both on shutdown.
 
     `request_log` receives one JSON line per request (None: no request log).
     `requests_per_key_per_second` is the API's own rate limit (0: none); past it, 429.
+    `on_shutdown` runs last, after every batch has committed (a worker process closes its store there).
     """
     metrics = Metrics()
     service.engine.batch_observer = metrics.batch_sizes.observe
@@ -491,6 +498,8 @@ def create_app(
             batcher.close()
             if request_log is not None:
                 request_log.flush()
+            if on_shutdown is not None:
+                on_shutdown()
 
     limiter = None
     if requests_per_key_per_second > 0:
