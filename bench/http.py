@@ -12,6 +12,7 @@ Figures are the median of --runs runs (default 5):
     python bench/http.py                         # table
     python bench/http.py --json                  # {"sqlite": {...}, "postgres": {...}}
     python bench/http.py --stores sqlite --runs 1 --no-log-requests
+    python bench/http.py --workers 1             # one server process (default: one per core)
     python bench/http.py --server-cpus 0 --load-cpus 1     # pin with taskset
     python bench/http.py --profile /tmp/prof     # py-spy the server in the measured window
 
@@ -284,7 +285,12 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="measured load per run")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured load before it")
-    parser.add_argument("--workers", type=int, default=1, help="`remit serve --workers N`: server processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="`remit serve --workers N`: server processes (default: one per core)",
+    )
     parser.add_argument("--log-requests", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--server-cpus", help="taskset CPU list for the server, e.g. 0")
     parser.add_argument("--load-cpus", help="taskset CPU list for the load generator, e.g. 1")
@@ -334,7 +340,9 @@ def main() -> None:
         )
     logging = "on, to a file" if args.log_requests else "off"
     pacing = f"paced to {args.rate:g} decisions/s in all" if args.rate else "closed loop (no think time)"
-    pinning = f"server CPUs {args.server_cpus or 'any'}, load CPUs {args.load_cpus or 'any'}; nice {args.nice}"
+    processes = f"{args.workers} server process{'es' if args.workers > 1 else ''}"
+    cpus = f"server CPUs {args.server_cpus or 'any'}, load CPUs {args.load_cpus or 'any'}"
+    pinning = f"{processes}; {cpus}; nice {args.nice}"
     print(
         f"(median of {args.runs} runs; {args.agents} agents, {pacing}; {args.seconds:g} s measured after "
         f"{args.warmup:g} s warm-up; request log {logging}; {pinning})"

@@ -16,6 +16,8 @@ import json
 import os
 import signal
 import socket
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
@@ -26,6 +28,7 @@ from starlette.types import ASGIApp
 from uvicorn.supervisors import Multiprocess
 
 from remit.api.app import create_app
+from remit.api.fastpath import DecisionProtocol
 from remit.api.requestlog import RequestLogWriter
 from remit.bootstrap import open_store, tune_gc_for_service
 from remit.engine import Engine
@@ -38,6 +41,7 @@ DEFAULT_PORT = 8080
 DEFAULT_TENANT = "default"
 WORKER_OPTIONS_ENV = "REMIT_WORKER_OPTIONS"
 """How the supervisor hands a spawned worker its options (uvicorn imports the app by name there)."""
+ORPHAN_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +122,7 @@ def _uvicorn_config(app: ASGIApp | str, options: ServeOptions) -> uvicorn.Config
         host=options.host,
         port=options.port,
         loop="uvloop",
-        http="httptools",
+        http=DecisionProtocol,
         lifespan="on",
         access_log=False,
         log_level="warning",
@@ -160,7 +164,16 @@ def worker_app() -> ASGIApp:
     store = open_store(options.database_url)
     app = _app(Service(Engine(store)), options, on_shutdown=store.close)
     tune_gc_for_service()
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), name="remit-orphan-watch", daemon=True).start()
     return app
+
+
+def _stop_when_orphaned(supervisor_pid: int) -> None:
+    """A supervisor killed outright (SIGKILL, OOM) cannot stop its workers, which would keep the
+    port: a worker whose parent changed stops itself, gracefully, within ORPHAN_CHECK_SECONDS."""
+    while os.getppid() == supervisor_pid:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _after_graceful_stop(sig: int, frame: FrameType | None) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import subprocess
+import sys
+import time
 
 import orjson
 
@@ -73,3 +76,35 @@ def test_timestamps_are_rfc3339_utc_with_microseconds() -> None:
         moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
         expected = moment.strftime("%Y-%m-%dT%H:%M:%S")
         assert writer.timestamp(us) == f"{expected}.{us % 1_000_000:06d}Z"
+
+
+WRITER_SCRIPT = """
+import sys
+from remit.api.requestlog import RequestLogWriter
+writer, name = RequestLogWriter(int(sys.argv[1])), sys.argv[2]
+for batch in range(30):
+    for n in range(100):
+        writer.write({"writer": name, "n": batch * 100 + n, "path": "/v1/authorize/" + "p" * 150})
+    writer.flush()
+"""
+
+
+def test_two_processes_on_one_pipe_never_split_each_others_lines() -> None:
+    """`remit serve --workers` shares one stderr, perhaps non-blocking; the reader is slow, so the
+    pipe is full and writes come back short or refused: no line may be lost or split."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(write_end), name], pass_fds=(write_end,))
+        for name in ("a", "b")
+    ]
+    os.close(write_end)
+    data = b""
+    while chunk := os.read(read_end, 512):  # slowly: the pipe stays full, writers block mid-flush
+        data += chunk
+        time.sleep(0.0002)
+    os.close(read_end)
+    assert [writer.wait(timeout=60) for writer in writers] == [0, 0]
+    records = [orjson.loads(line) for line in data.splitlines()]  # a split line would not parse
+    for name in ("a", "b"):
+        assert [r["n"] for r in records if r["writer"] == name] == list(range(3000))

@@ -436,7 +436,8 @@ class HotRoutes:
             "extend": _guarded(api.extend),
         }
 
-    def _handler(self, scope: Scope) -> Handler | None:
+    def handler_for(self, scope: Scope) -> Handler | None:
+        """The decision handler of a POST (setting its path parameters), or None for any other route."""
         if scope["type"] != "http" or scope["method"] != "POST":
             return None
         path: str = scope["path"]
@@ -453,8 +454,20 @@ class HotRoutes:
                     return handler
         return None
 
+    async def respond(self, scope: Scope, body: bytes, handler: Handler) -> Response:
+        """Answer a decision request whose body has been read (api/fastpath.py); logs it like any."""
+        started = time.perf_counter()
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope.setdefault("state", {})
+        response = await handler(Request(scope, receive))
+        self.request_log.record(scope, handler.__name__, response.status_code, time.perf_counter() - started)
+        return response
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self._handler(scope)
+        handler = self.handler_for(scope)
         if handler is None:
             await self.fallback(scope, receive, send)
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import time
 from typing import Any
 
@@ -19,6 +20,8 @@ import orjson
 from remit.limits import REQUEST_LOG_BUFFER_LINES_MAX
 
 REQUEST_LOG_FLUSH_SECONDS = 0.05
+REQUEST_LOG_WRITE_WAIT_SECONDS_MAX = 1.0
+"""How long a flush waits for a full, non-blocking log stream before it drops the rest."""
 
 
 class RequestLogWriter:
@@ -51,13 +54,39 @@ class RequestLogWriter:
                 self.flush()
 
     def flush(self) -> None:
+        """Write the waiting lines in chunks of whole lines of at most PIPE_BUF bytes each.
+
+        Several worker processes share one stderr; a pipe keeps a write of up to PIPE_BUF bytes
+        in one piece, so their lines never interleave mid-line (a line longer than that goes alone).
+        """
         self._is_flush_scheduled = False
         if not self._lines:
             return
-        data = memoryview(b"".join(self._lines))
-        self._lines.clear()
+        lines, self._lines = self._lines, []
+        chunk: list[bytes] = []
+        size = 0
         try:
-            while data:
-                data = data[os.write(self.fd, data) :]
+            for line in lines:
+                if chunk and size + len(line) > select.PIPE_BUF:
+                    _write_all(self.fd, b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            _write_all(self.fd, b"".join(chunk))
         except OSError:
             pass  # a closed or full log stream must not fail requests; the ledger is the record
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of `data`, even on a non-blocking stream (O_NONBLOCK is shared by every process on a
+    pipe): when it is full, wait up to REQUEST_LOG_WRITE_WAIT_SECONDS_MAX for room."""
+    view = memoryview(data)
+    deadline = 0.0
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            deadline = deadline or time.monotonic() + REQUEST_LOG_WRITE_WAIT_SECONDS_MAX
+            if time.monotonic() >= deadline:
+                raise
+            select.select([], [fd], [], deadline - time.monotonic())
