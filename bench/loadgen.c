@@ -247,7 +247,8 @@ int main(int argc, char **argv) {
             uint64_t soonest = UINT64_MAX, at = now_us();
             for (int i = 0; i < connections; i++)
                 if (pool[i].is_waiting && pool[i].due_us < soonest) soonest = pool[i].due_us;
-            if (soonest != UINT64_MAX) timeout_ms = soonest <= at ? 0 : (int)((soonest - at) / 1000);
+            /* Rounded up: rounding down made every sub-millisecond wait a busy spin (a core's worth of CPU). */
+            if (soonest != UINT64_MAX) timeout_ms = soonest <= at ? 0 : (int)((soonest - at + 999) / 1000);
         }
         int ready = epoll_wait(epoll, events, 256, timeout_ms);
         uint64_t now = now_us();

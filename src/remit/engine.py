@@ -404,6 +404,29 @@ class Engine:
     # == the batch ==============================================================================
     def execute(self, operations: Sequence[Operation]) -> list[Result | RemitError | BaseException]:
         """Decide `operations` in one transaction; one answer (or error) per operation, in order."""
+        with self._execute_lock:
+            return self._execute_with_retries(operations)
+
+    def try_execute(self, operations: Sequence[Operation]) -> list[Result | RemitError | BaseException] | None:
+        """`execute` if it can start at once — no batch of this engine running, the store's
+        writers' lock free (`Store.try_writer_lock`) — else None, having waited for nothing.
+
+        For a caller that must not block (the asyncio batcher on an in-process store): it
+        retries later instead. Taking both locks without waiting keeps their order irrelevant.
+        """
+        if not self._execute_lock.acquire(blocking=False):
+            return None
+        try:
+            if not self.store.try_writer_lock():
+                return None
+            try:
+                return self._execute_with_retries(operations)
+            finally:
+                self.store.release_writer_lock()  # a no-op once the batch's commit or rollback let it go
+        finally:
+            self._execute_lock.release()
+
+    def _execute_with_retries(self, operations: Sequence[Operation]) -> list[Result | RemitError | BaseException]:
         for attempt in range(BATCH_ATTEMPTS_MAX):
             try:
                 return self._execute_once(operations)
@@ -421,17 +444,17 @@ class Engine:
         return name == "OperationalError" and "locked" in str(error)
 
     def _execute_once(self, operations: Sequence[Operation]) -> list[Result | RemitError | BaseException]:
+        """One attempt, under `_execute_lock` (one batch at a time per engine)."""
         by_tenant: dict[str, list[int]] = {}
         for index, operation in enumerate(operations):
             by_tenant.setdefault(operation.tenant_id, []).append(index)
-        with self._execute_lock:
-            try:
-                results = self._execute_locked(operations, by_tenant)
-            except BaseException:
-                # Counters and holds were changed in memory for a transaction that did not commit.
-                for tenant_id in by_tenant:
-                    self._states.pop(tenant_id, None)
-                raise
+        try:
+            results = self._execute_locked(operations, by_tenant)
+        except BaseException:
+            # Counters and holds were changed in memory for a transaction that did not commit.
+            for tenant_id in by_tenant:
+                self._states.pop(tenant_id, None)
+            raise
         self.batches_executed += 1
         self.batch_sizes_total += len(operations)
         if self.batch_observer is not None:

@@ -464,6 +464,18 @@ class Store(abc.ABC):
     """A place Remit keeps its state. Thread-safe: each thread gets its own connection."""
 
     dialect: str
+    is_in_process = False
+    """True when the store's work is this process's CPU, never a wait on a server (SQLite): a
+    batch may then run on the event loop's own thread (`AsyncBatcher`), once
+    `try_writer_lock` has succeeded there."""
+
+    def try_writer_lock(self) -> bool:
+        """Take this thread's writers' lock if no other writer holds it (without waiting)."""
+        return True
+
+    def release_writer_lock(self) -> None:
+        """Let go of a lock `try_writer_lock` took that no transaction released (a no-op otherwise)."""
+        return None
 
     @abc.abstractmethod
     def migrate(self) -> None:

@@ -59,9 +59,7 @@ class _Connection:
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         pause = WRITER_LOCK_POLL_SECONDS_MIN
         while True:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not self.try_lock():
                 if time.monotonic() >= deadline:
                     raise sqlite3.OperationalError(
                         f"database is locked: another writer held {self.path}-writer.lock for {BUSY_TIMEOUT_MS} ms"
@@ -69,8 +67,16 @@ class _Connection:
                 time.sleep(pause)  # releases the GIL
                 pause = min(pause * 2, WRITER_LOCK_POLL_SECONDS_MAX)
                 continue
-            self.is_locked = True
             return
+
+    def try_lock(self) -> bool:
+        if not self.is_locked:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self.is_locked = True
+        return True
 
     def unlock(self) -> None:
         if self.is_locked:
@@ -127,6 +133,7 @@ class SqliteTransaction(Transaction):
 
 class SqliteStore(Store):
     dialect = "sqlite"
+    is_in_process = True
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
@@ -149,6 +156,12 @@ class SqliteStore(Store):
         # WAL first, so the file is in WAL mode before Alembic opens it.
         self._connection()
         migrate.upgrade(f"sqlite:///{self.path}")
+
+    def try_writer_lock(self) -> bool:
+        return self._connection().try_lock()
+
+    def release_writer_lock(self) -> None:
+        self._connection().unlock()
 
     def _begin(self, *, is_read_only: bool = False) -> Transaction:
         return SqliteTransaction(self._connection(), self._statements, is_read_only=is_read_only)
