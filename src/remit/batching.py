@@ -22,8 +22,11 @@ from remit.operations import Act
 from remit.results import CommitResult, ExtendResult, ReleaseResult, UsageResult
 
 IN_LOOP_WAIT_SECONDS_MAX = 1.0
+"""How long an in-process batch keeps looking for a free writers' lock from the loop before the
+worker thread waits for it (bounded by the store's own timeout)."""
 IN_LOOP_RETRY_SECONDS_MIN = 0.000_05
 IN_LOOP_RETRY_SECONDS_MAX = 0.001
+"""The loop looks again after 50 µs, doubling up to every 1 ms."""
 
 
 class AsyncBatcher:

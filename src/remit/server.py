@@ -42,6 +42,7 @@ DEFAULT_TENANT = "default"
 WORKER_OPTIONS_ENV = "REMIT_WORKER_OPTIONS"
 """How the supervisor hands a spawned worker its options (uvicorn imports the app by name there)."""
 ORPHAN_CHECK_SECONDS = 1.0
+"""How often a worker checks that its supervisor is still its parent."""
 
 
 @dataclass(frozen=True, slots=True)

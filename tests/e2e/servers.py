@@ -27,6 +27,7 @@ import httpx
 
 from conftest import fresh_database, fresh_pg_database
 from remit.api.app import Api, routes
+from remit.bootstrap import open_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "examples" / "remit.yaml"
@@ -212,3 +213,20 @@ def tenant_state(admin: httpx.Client, tenant: str = "default") -> tuple[Any, ...
     check = ok(admin.get("/v1/check"))
     assert check["is_consistent"] and check["tenant"] == tenant
     return balances, ledger["entries"], ok(admin.get("/v1/config")), ok(admin.get("/v1/keys"))
+
+
+def assert_told_answers_in_ledger(database_url: str, allowed: set[str], committed: set[str]) -> None:
+    """After a server stopped: the ledger is consistent, holds every reservation a client was
+    told was allowed, and a commit of every one a client was told was committed."""
+    engine = open_engine(database_url)
+    try:
+        assert engine.check("default").is_consistent
+        with engine.store.transaction(is_read_only=True) as tx:
+            kinds: dict[str, set[str]] = {}
+            for entry in tx.ledger_entries("default"):
+                if entry.reservation_id:
+                    kinds.setdefault(entry.reservation_id, set()).add(entry.kind.value)
+        assert allowed <= set(kinds), "every hold a client was told about is in the ledger"
+        assert all("commit" in kinds[rid] for rid in committed), "every commit a client was told about landed"
+    finally:
+        engine.store.close()

@@ -22,7 +22,7 @@ import httpx
 import orjson
 import pytest
 
-from remit.bootstrap import open_engine
+from .servers import assert_told_answers_in_ledger
 
 REMIT = str(Path(sys.executable).with_name("remit"))
 START_TIMEOUT_SECONDS = 30
@@ -187,15 +187,4 @@ def test_sigterm_mid_flight_loses_nothing(database: Path) -> None:
     allowed = {a["reservation"] for a in answers if a.get("decision") == "allow"}
     committed = {a["committed"] for a in answers if a.get("status") == 200}
     assert len(allowed) >= 50 and committed <= allowed
-    engine = open_engine(f"sqlite:///{database}")
-    try:
-        assert engine.check("default").is_consistent
-        with engine.store.transaction(is_read_only=True) as tx:
-            kinds: dict[str, set[str]] = {}
-            for entry in tx.ledger_entries("default"):
-                if entry.reservation_id:
-                    kinds.setdefault(entry.reservation_id, set()).add(entry.kind.value)
-        assert allowed <= set(kinds), "every hold a client was told about is in the ledger"
-        assert all("commit" in kinds[rid] for rid in committed), "every commit a client was told about landed"
-    finally:
-        engine.store.close()
+    assert_told_answers_in_ledger(f"sqlite:///{database}", allowed, committed)

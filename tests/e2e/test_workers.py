@@ -40,10 +40,17 @@ import pytest
 import yaml
 
 from conftest import fresh_database
-from remit.bootstrap import open_engine
 
 from .conftest import STORES
-from .servers import EXAMPLE_CONFIG, STOP_TIMEOUT_SECONDS, RemitServer, client, ok, running
+from .servers import (
+    EXAMPLE_CONFIG,
+    STOP_TIMEOUT_SECONDS,
+    RemitServer,
+    assert_told_answers_in_ledger,
+    client,
+    ok,
+    running,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -429,18 +436,7 @@ def test_sigterm_stops_the_supervisor_and_its_workers_losing_nothing(tmp_path: P
         wait_for(lambda: not any(is_alive(p) for p in started), f"every process the supervisor started gone: {started}")
 
     assert len(tally.allowed) >= MID_FLIGHT_ANSWERS // 4 and set(tally.committed) <= tally.allowed
-    engine = open_engine(server.database_url)
-    try:
-        assert engine.check("default").is_consistent
-        with engine.store.transaction(is_read_only=True) as tx:
-            kinds: dict[str, set[str]] = {}
-            for entry in tx.ledger_entries("default"):
-                if entry.reservation_id:
-                    kinds.setdefault(entry.reservation_id, set()).add(entry.kind.value)
-        assert tally.allowed <= set(kinds), "every hold a client was told about is in the ledger"
-        assert all("commit" in kinds[rid] for rid in tally.committed), "every commit a client was told about landed"
-    finally:
-        engine.store.close()
+    assert_told_answers_in_ledger(server.database_url, tally.allowed, set(tally.committed))
 
 
 def test_a_killed_worker_is_replaced_and_serving_goes_on(tmp_path: Path) -> None:
