@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -205,3 +207,41 @@ def test_a_client_gone_mid_body_leaves_the_server_serving(served: RemitServer) -
     assert status == 200 and _json(body)["decision"] == "allow"
     after = _state(served)
     assert len(after[1]) == len(before[1]) + 1  # one ledger entry: the second request's hold, no other
+
+
+def test_an_error_escaping_the_handler_closes_the_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler maps every error to a response; should anything still escape, the client is
+    not left waiting: the connection closes. (An in-process server: the fault is injected.)"""
+    import threading
+
+    import uvicorn
+
+    from remit.api.app import HotRoutes
+    from remit.bootstrap import open_store
+    from remit.engine import Engine
+    from remit.server import ServeOptions, _app, _uvicorn_config
+    from remit.service import Service
+
+    from .servers import free_port
+
+    async def broken(*args: object) -> object:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(HotRoutes, "respond", broken)
+    store = open_store(f"sqlite:///{tmp_path / 'broken.db'}")
+    options = ServeOptions(database_url="unused", port=free_port(), is_logging_requests=False)
+    server = uvicorn.Server(_uvicorn_config(_app(Service(Engine(store)), options), options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.started
+        with socket.create_connection(("127.0.0.1", options.port), timeout=10) as connection:
+            connection.sendall(b"POST /v1/authorize HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+            assert connection.recv(1) == b""  # closed, not hanging until the 10 s timeout
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        store.close()

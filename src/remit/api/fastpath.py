@@ -113,7 +113,14 @@ class DecisionProtocol(HttpToolsProtocol):
 
     async def _answer(self, cycle: _Cycle, scope: dict[str, Any], handler: Handler) -> None:
         assert self._routes is not None  # only a hot request has a _Cycle
-        response = await self._routes.respond(scope, bytes(cycle.body), handler)
+        try:
+            response = await self._routes.respond(scope, bytes(cycle.body), handler)
+        except BaseException:
+            # The handler maps every error to a response; if something still escapes (or the
+            # server cancels the task), the client must not wait on an answer that never comes.
+            cycle.response_complete = True
+            self.transport.close()
+            raise
         if cycle.disconnected or self.transport.is_closing():
             cycle.response_complete = True
             return
