@@ -68,7 +68,7 @@ SWITCH_INTERVAL_SECONDS = 0.0005
 A server's batch thread gives the GIL up at every store call and then waits for the event loop
 to hand it back, while holding the store's write lock (or tenant row lock) that every other
 process waits for. At 0.5 ms instead of 5 ms, bench/http.py with PostgreSQL gained 4-8 % in
-each of four paired runs (one and two worker processes).
+each of four paired runs (one and two worker processes); 0.1 ms lost ~11 % (two paired runs, two workers).
 """
 
 
