@@ -57,6 +57,7 @@ BATCH_ATTEMPTS_MAX = 5
 
 
 RESERVATION_IDS_PER_FETCH = 1024
+"""Reservation ids whose random parts one call to the OS's random source provides."""
 
 
 def system_clock() -> int:

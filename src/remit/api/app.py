@@ -456,11 +456,15 @@ class HotRoutes:
 
     async def respond(self, scope: Scope, body: bytes, handler: Handler) -> Response:
         """Answer a decision request whose body has been read (api/fastpath.py); logs it like any."""
-        started = time.perf_counter()
 
         async def receive() -> Message:
             return {"type": "http.request", "body": body, "more_body": False}
 
+        return await self._answer(scope, receive, handler)
+
+    async def _answer(self, scope: Scope, receive: Receive, handler: Handler) -> Response:
+        """The handler's response, logged and counted (both ways in: ASGI and the fast path)."""
+        started = time.perf_counter()
         scope.setdefault("state", {})
         response = await handler(Request(scope, receive))
         self.request_log.record(scope, handler.__name__, response.status_code, time.perf_counter() - started)
@@ -471,12 +475,9 @@ class HotRoutes:
         if handler is None:
             await self.fallback(scope, receive, send)
             return
-        started = time.perf_counter()
-        scope.setdefault("state", {})
-        response = await handler(Request(scope, receive))
+        response = await self._answer(scope, receive, handler)
         await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})
-        self.request_log.record(scope, handler.__name__, response.status_code, time.perf_counter() - started)
 
 
 def create_app(
