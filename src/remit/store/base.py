@@ -104,8 +104,8 @@ class Transaction(abc.ABC):
         """How a list of values is passed as one parameter."""
 
     @abc.abstractmethod
-    def _keyed(self, tenant_id: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
-        """Parameters for a look-up by many composite keys (`rows`, one value per column)."""
+    def _keyed(self, tenant_id: str, rows: Sequence[Sequence[Any]]) -> Any:
+        """Parameters for a look-up of one tenant's rows by many composite keys (`rows`)."""
 
     @abc.abstractmethod
     def _execute(self, name: str, params: Sequence[Any] | Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -149,14 +149,11 @@ class Transaction(abc.ABC):
     def lock_counters(self, tenant_id: str, keys: Iterable[CounterKey]) -> dict[CounterKey, Counter]:
         """Lock (creating where missing) the counters of `keys`, in key order."""
         wanted = sorted(set(keys))
-        columns = ("budgets", "instances")
-        counters = self._counters_from(self._execute("lock_counters", self._keyed(tenant_id, columns, wanted)))
+        counters = self._counters_from(self._execute("lock_counters", self._keyed(tenant_id, wanted)))
         missing = [key for key in wanted if key not in counters]
         if missing:
             self._execute_many("ensure_counter", [(tenant_id, budget, instance) for budget, instance in missing])
-            counters.update(
-                self._counters_from(self._execute("lock_counters", self._keyed(tenant_id, columns, missing)))
-            )
+            counters.update(self._counters_from(self._execute("lock_counters", self._keyed(tenant_id, missing))))
         return counters
 
     @staticmethod
@@ -169,7 +166,7 @@ class Transaction(abc.ABC):
     def load_buckets(self, tenant_id: str, counters: Sequence[Counter]) -> None:
         """Fill the rolling buckets of `counters` (already locked)."""
         by_key = {counter.key: counter for counter in counters}
-        params = self._keyed(tenant_id, ("budgets", "instances"), list(by_key))
+        params = self._keyed(tenant_id, list(by_key))
         for budget, instance, start, used, overrun in self._execute("load_buckets", params):
             counter = by_key[(budget, instance)]
             counter.buckets[start] = used
@@ -185,7 +182,7 @@ class Transaction(abc.ABC):
             rows.append((counter.key[0], counter.key[1], counter.window_start, entity))
         if not rows:
             return
-        params = self._keyed(tenant_id, ("budgets", "instances", "windows", "entities"), rows)
+        params = self._keyed(tenant_id, rows)
         for budget, instance, entity in self._execute("load_counted", params):
             by_key[(budget, instance)].counted_entities.add(entity)
 

@@ -105,7 +105,7 @@ class SqliteTransaction(Transaction):
     def _list(self, values: Sequence[Any]) -> Any:
         return dumps(list(values))
 
-    def _keyed(self, tenant_id: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
+    def _keyed(self, tenant_id: str, rows: Sequence[Sequence[Any]]) -> Any:
         return (tenant_id, dumps([list(row) for row in rows]))
 
     def _execute(self, name: str, params: Sequence[Any] | Mapping[str, Any]) -> list[tuple[Any, ...]]:
