@@ -213,7 +213,9 @@ def load(binary: Path, server: Server, keys_path: Path, args: argparse.Namespace
 def profile(pid: int, path: str, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     """py-spy over the measured window only (it starts once the warm-up is over)."""
     py_spy = Path(sys.executable).with_name("py-spy")
-    record = f"{py_spy} record --pid {pid} --rate 250 --duration {int(args.seconds)} --format raw --threads --subprocesses"
+    record = (
+        f"{py_spy} record --pid {pid} --rate 250 --duration {int(args.seconds)} --format raw --threads --subprocesses"
+    )
     command = ["sh", "-c", f"sleep {args.warmup}; exec {record} --nonblocking -o {path}"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -25,6 +25,8 @@ from remit.store.base import BatchWrite, Transaction, dumps
 HOLDS_CACHED_MAX = 200_000
 """Most live holds an engine remembers per tenant; past it, they are read back from the store."""
 COUNTERS_CACHED_MAX = 200_000
+NO_HOLD_DUE_US = 2**62
+"""The bound on hold deadlines of a tenant without live holds: never."""
 
 
 @dataclass(slots=True)
@@ -51,10 +53,14 @@ class TenantBatch:
         state: TenantState,
         now_us: int,
         *,
+        next_due_us: int,
         bounds: BoundsCache,
         new_reservation_id: Callable[[], str],
     ) -> None:
         self.tx = tx
+        self.claimed_next_due_us = next_due_us
+        self.next_due_us = next_due_us
+        """No live hold of the tenant runs out before this (see `TenantClaim.next_due_us`)."""
         self.bounds = bounds
         self.new_reservation_id = new_reservation_id
         self.tenant = tenant
@@ -99,6 +105,16 @@ class TenantBatch:
                 if isinstance(operation, Act) and operation.idempotency_key not in (None, *self.answered_keys):
                     self.write.unclaimed.append(operation.idempotency_key or "")
         self.write.counters = [counter for counter in self.counters.values() if counter.is_dirty]
+        next_due_us = min(
+            [self.next_due_us]
+            + [
+                reservation.lease_expires_at_us
+                for reservation in self.write.new_reservations + self.write.changed_reservations
+                if reservation.status is Status.HELD
+            ]
+        )
+        if next_due_us != self.claimed_next_due_us:
+            self.write.next_due_us = next_due_us
         self.tx.write(tenant_id, self.write)
 
     def settle(self, write_seq: int) -> None:
@@ -123,13 +139,27 @@ class TenantBatch:
         held = self.state.holds
         ids = {op.reservation_id for op in resolves}
         # Holds whose lease ran out are expired by the first batch that finds them, so an
-        # abandoned hold stops blocking room at its deadline, not at the next sweep.
-        self.due_ids = self.tx.due_reservation_ids(self.tenant.tenant_id, self.now_us, EXPIRY_BATCH_SIZE_MAX)
+        # abandoned hold stops blocking room at its deadline, not at the next sweep. Until the
+        # tenant's bound on deadlines is reached, none can have run out: no need to look.
+        if self.now_us >= self.next_due_us:
+            self._find_due()
         ids.update(self.due_ids)
         self.reservations = {rid: held[rid] for rid in ids if rid in held}
         missing = [rid for rid in ids if rid not in held]
         if missing:
             self.reservations.update(self.tx.lock_reservations(self.tenant.tenant_id, missing))
+
+    def _find_due(self) -> None:
+        """The overdue holds (up to EXPIRY_BATCH_SIZE_MAX), and the new bound: the deadline of
+        the first hold after them, or now if there may be more overdue ones than were taken."""
+        first = self.tx.first_holds(self.tenant.tenant_id, EXPIRY_BATCH_SIZE_MAX + 1)
+        self.due_ids = [rid for rid, deadline_us in first[:EXPIRY_BATCH_SIZE_MAX] if deadline_us <= self.now_us]
+        if len(self.due_ids) == EXPIRY_BATCH_SIZE_MAX:
+            self.next_due_us = self.now_us
+        elif len(first) > len(self.due_ids):
+            self.next_due_us = first[len(self.due_ids)][1]
+        else:
+            self.next_due_us = NO_HOLD_DUE_US
 
     def _consulted_budgets(self, act: Act) -> list[tuple[Budget, str]]:
         """The budgets (and instances) `act` is decided against, under the config this batch loaded.

@@ -468,30 +468,35 @@ class Engine:
         results: list[Result | RemitError | BaseException] = [None] * len(operations)
         done: list[tuple[TenantBatch, int]] = []
         with self.store.transaction() as tx:
-            locked = tx.lock_tenants(list(by_tenant))
+            claims = tx.claim_tenants(list(by_tenant))
             # Read after the tenant locks: a batch that waited for another writer decides at the
             # time it runs, not the time it started waiting.
             now_us = self.clock()
             for tenant_id in sorted(by_tenant):
                 indexes = by_tenant[tenant_id]
-                if tenant_id not in locked:
+                claim = claims.get(tenant_id)
+                if claim is None:
                     for index in indexes:
                         results[index] = NotFound(f"tenant {tenant_id!r} does not exist")
                     continue
-                config_version, write_seq = locked[tenant_id]
                 tenant = self._configs.get(tenant_id)
-                if tenant is None or tenant.version != config_version:
+                if tenant is None or tenant.version != claim.config_version:
                     tenant = self._load_tenant(tx, tenant_id)
                 state = self._states.get(tenant_id)
-                if state is None or state.write_seq != write_seq:
-                    state = TenantState(write_seq)  # someone else wrote: forget what we knew
+                if state is None or state.write_seq != claim.write_seq:
+                    state = TenantState(claim.write_seq)  # someone else wrote: forget what we knew
                     self._states[tenant_id] = state
                 batch = TenantBatch(
-                    tx, tenant, state, now_us, bounds=self._bounds, new_reservation_id=self.new_reservation_id
+                    tx,
+                    tenant,
+                    state,
+                    now_us,
+                    next_due_us=claim.next_due_us,
+                    bounds=self._bounds,
+                    new_reservation_id=self.new_reservation_id,
                 )
-                batch.write.write_seq = write_seq + 1
                 batch.run([(i, operations[i]) for i in indexes], results)
-                done.append((batch, write_seq + 1))
+                done.append((batch, claim.write_seq + 1))
             tx.commit()
         for batch, write_seq in done:
             batch.settle(write_seq)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import START_US, FakeClock, allowed, assert_consistent
+from remit import batch as batch_module
 from remit.domain.decisions import Outcome, ReasonCode
 from remit.domain.ledger import EntryKind
 from remit.engine import ActionInput, Engine
@@ -465,6 +466,53 @@ def test_an_abandoned_hold_stops_blocking_at_its_deadline_without_a_sweep(
     with pytest.raises(Conflict) as caught:
         engine.release("t1", rid)
     assert caught.value.code == "expired"
+    assert_consistent(engine)
+
+
+def test_a_lease_shortened_by_extend_runs_out_at_its_new_deadline_without_a_sweep(
+    engine: Engine, store: Store, clock: FakeClock
+) -> None:
+    """Each tenant keeps a bound on its holds' deadlines and batches look for overdue holds only
+    once it is reached: a shortened lease must move the bound back."""
+    rid = allowed(engine.authorize("t1", chat("250", lease_seconds=300)))  # the agent's whole day
+    clock.advance(10)
+    assert engine.extend("t1", rid, 5).lease_expires_at_us == clock.now_us + 5 * US
+    clock.advance(4)
+    assert engine.authorize("t1", chat("10")).outcome is Outcome.DENY
+    clock.advance(1)
+    allowed(engine.authorize("t1", chat("250")))
+    (expire,) = entries(store, EntryKind.EXPIRE)
+    assert expire.reservation_id == rid
+    assert_consistent(engine)
+
+
+def test_a_hold_made_by_another_process_runs_out_on_time_in_this_ones_batches(
+    engine: Engine, store: Store, clock: FakeClock
+) -> None:
+    other = Engine(store, clock=clock)  # its own memory of the tenant, as another server process
+    allowed(engine.authorize("t1", chat("1", agent="bot-8", lease_seconds=600)))  # a later deadline
+    allowed(other.authorize("t1", chat("1", agent="bot-8", lease_seconds=600)))
+    rid = allowed(other.authorize("t1", chat("250", lease_seconds=30)))
+    clock.advance(29)
+    assert engine.authorize("t1", chat("10")).outcome is Outcome.DENY
+    clock.advance(1)
+    allowed(engine.authorize("t1", chat("250")))
+    (expire,) = entries(store, EntryKind.EXPIRE)
+    assert expire.reservation_id == rid
+    assert_consistent(engine)
+
+
+def test_more_overdue_holds_than_one_batch_expires_are_expired_by_the_next_batches(
+    engine: Engine, store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch_module, "EXPIRY_BATCH_SIZE_MAX", 3)
+    held = [allowed(engine.authorize("t1", chat("10", lease_seconds=30))) for _ in range(7)]
+    clock.advance(30)
+    for expected in (3, 6, 7):
+        allowed(engine.authorize("t1", chat("1", agent="bot-8")))  # ordinary batches, no sweep
+        assert len(entries(store, EntryKind.EXPIRE)) == expected
+    assert {entry.reservation_id for entry in entries(store, EntryKind.EXPIRE)} == set(held)
+    assert engine.expire_holds() == 0
     assert_consistent(engine)
 
 

@@ -52,8 +52,8 @@ class BatchWrite:
     """(key, fingerprint, response JSON)."""
     unclaimed: list[str] = field(default_factory=list)
     """Idempotency keys claimed by requests that were refused: their claims are withdrawn."""
-    write_seq: int | None = None
-    """The tenant's new write sequence (see `lock_tenants`); None leaves it as it is."""
+    next_due_us: int | None = None
+    """The tenant's new bound on its holds' deadlines (see `claim_tenants`); None leaves it as it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,18 @@ class TenantRow:
     config: str
     lineage: str
     """JSON: every meter and budget identity the tenant's configs have ever declared."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantClaim:
+    """What a batch learns of a tenant as it locks the tenant's row (`Transaction.claim_tenants`)."""
+
+    config_version: int
+    write_seq: int
+    """The sequence before this batch: the batch itself has moved it on by one."""
+    next_due_us: int
+    """No live hold of the tenant has a lease deadline before this (a lower bound: holds that
+    ended since may have had it). A batch looks for overdue holds only once it is reached."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,17 +134,19 @@ class Transaction(abc.ABC):
         self._execute("insert_tenant", (tenant_id, name, timezone, now_us))
 
     def lock_tenants(self, tenant_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """Lock the tenants' rows (in id order); returns {tenant: (config_version, write_seq)}.
-
-        Every transaction that changes a tenant's counters or holds takes this lock first and
-        moves `write_seq` on, so a process that sees the sequence it last wrote knows that
-        nothing of the tenant changed since.
-        """
+        """Lock the tenants' rows (in id order); returns {tenant: (config_version, write_seq)}."""
         rows = self._execute("lock_tenants", (self._list(sorted(tenant_ids)),))
         return {row[0]: (row[1], row[2]) for row in rows}
 
-    def set_write_seq(self, tenant_id: str, write_seq: int) -> None:
-        self._execute("bump_write_seq", (write_seq, tenant_id))
+    def claim_tenants(self, tenant_ids: Sequence[str]) -> dict[str, TenantClaim]:
+        """Lock the tenants' rows (in id order) for a batch and move each one's `write_seq` on.
+
+        Every transaction that changes a tenant's counters or holds starts here, so a process
+        that finds the sequence it last wrote knows that nothing of the tenant changed since.
+        Tenants that do not exist are left out.
+        """
+        rows = self._execute("claim_tenants", (self._list(sorted(tenant_ids)),))
+        return {row[0]: TenantClaim(row[1], row[2], row[3]) for row in rows}
 
     def load_tenant(self, tenant_id: str) -> TenantRow | None:
         rows = self._execute("load_tenant", (tenant_id,))
@@ -233,9 +247,9 @@ class Transaction(abc.ABC):
         """(tenant, reservation) of holds whose lease has run out, oldest first."""
         return [(row[0], row[1]) for row in self._execute("due_reservations", (now_us, limit))]
 
-    def due_reservation_ids(self, tenant_id: str, now_us: int, limit: int) -> list[str]:
-        """The tenant's holds whose lease has run out, oldest first."""
-        return [row[0] for row in self._execute("due_reservations_of_tenant", (tenant_id, now_us, limit))]
+    def first_holds(self, tenant_id: str, limit: int) -> list[tuple[str, int]]:
+        """(reservation, lease deadline) of the tenant's first `limit` live holds to run out."""
+        return [(row[0], row[1]) for row in self._execute("first_holds_of_tenant", (tenant_id, limit))]
 
     def held_parts(self, tenant_id: str) -> list[tuple[str, list[HoldPart]]]:
         return [
@@ -351,8 +365,8 @@ class Transaction(abc.ABC):
 
     # -- writing a batch -------------------------------------------------------------------
     def write(self, tenant_id: str, batch: BatchWrite) -> None:
-        if batch.write_seq is not None:
-            self.set_write_seq(tenant_id, batch.write_seq)
+        if batch.next_due_us is not None:
+            self._execute("set_next_due", (batch.next_due_us, tenant_id))
         counters = [counter for counter in batch.counters if counter.is_dirty]
         if counters:
             self._execute_many(

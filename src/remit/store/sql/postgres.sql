@@ -8,8 +8,15 @@
 SELECT tenant_id, config_version, write_seq FROM tenants
 WHERE tenant_id = ANY(%s) ORDER BY tenant_id FOR UPDATE;
 
--- name: bump_write_seq
-UPDATE tenants SET write_seq = %s WHERE tenant_id = %s;
+-- name: claim_tenants
+-- A batch's first statement: locks the tenant rows in id order and moves each write_seq on.
+UPDATE tenants AS t SET write_seq = t.write_seq + 1
+FROM (SELECT tenant_id FROM tenants WHERE tenant_id = ANY(%s) ORDER BY tenant_id FOR UPDATE) AS k
+WHERE t.tenant_id = k.tenant_id
+RETURNING t.tenant_id, t.config_version, t.write_seq - 1, t.next_due_us;
+
+-- name: set_next_due
+UPDATE tenants SET next_due_us = %s WHERE tenant_id = %s;
 
 -- name: load_tenant
 SELECT tenant_id, timezone, config_version, config, lineage FROM tenants WHERE tenant_id = %s;
@@ -99,9 +106,10 @@ ORDER BY reservation_id FOR UPDATE;
 SELECT tenant_id, reservation_id FROM reservations
 WHERE status = 'held' AND lease_expires_at_us <= %s ORDER BY lease_expires_at_us LIMIT %s;
 
--- name: due_reservations_of_tenant
-SELECT reservation_id FROM reservations
-WHERE tenant_id = %s AND status = 'held' AND lease_expires_at_us <= %s ORDER BY lease_expires_at_us LIMIT %s;
+-- name: first_holds_of_tenant
+-- The tenant's live holds by lease deadline, earliest first.
+SELECT reservation_id, lease_expires_at_us FROM reservations
+WHERE tenant_id = %s AND status = 'held' ORDER BY lease_expires_at_us LIMIT %s;
 
 -- name: held_reservations
 SELECT reservation_id, parts FROM reservations WHERE tenant_id = %s AND status = 'held';

@@ -6,8 +6,13 @@
 SELECT tenant_id, config_version, write_seq FROM tenants
 WHERE tenant_id IN (SELECT value FROM json_each(?)) ORDER BY tenant_id;
 
--- name: bump_write_seq
-UPDATE tenants SET write_seq = ? WHERE tenant_id = ?;
+-- name: claim_tenants
+-- A batch's first statement (the writers' lock is already held) moves each write_seq on.
+UPDATE tenants SET write_seq = write_seq + 1 WHERE tenant_id IN (SELECT value FROM json_each(?))
+RETURNING tenant_id, config_version, write_seq - 1, next_due_us;
+
+-- name: set_next_due
+UPDATE tenants SET next_due_us = ? WHERE tenant_id = ?;
 
 -- name: load_tenant
 SELECT tenant_id, timezone, config_version, config, lineage FROM tenants WHERE tenant_id = ?;
@@ -88,9 +93,10 @@ ORDER BY reservation_id;
 SELECT tenant_id, reservation_id FROM reservations
 WHERE status = 'held' AND lease_expires_at_us <= ? ORDER BY lease_expires_at_us LIMIT ?;
 
--- name: due_reservations_of_tenant
-SELECT reservation_id FROM reservations
-WHERE status = 'held' AND lease_expires_at_us <= ?2 AND tenant_id = ?1 ORDER BY lease_expires_at_us LIMIT ?3;
+-- name: first_holds_of_tenant
+-- The tenant's live holds by lease deadline, earliest first.
+SELECT reservation_id, lease_expires_at_us FROM reservations
+WHERE status = 'held' AND tenant_id = ?1 ORDER BY lease_expires_at_us LIMIT ?2;
 
 -- name: held_reservations
 SELECT reservation_id, parts FROM reservations WHERE tenant_id = ? AND status = 'held';
