@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from configs import hot_tenant_config
 from pgdatabase import PgDatabase
 from remit.bootstrap import open_store
 from remit.engine import ActionInput, Engine, Operation
@@ -42,19 +43,6 @@ from remit.store.base import Transaction
 
 AGENTS = 256
 WARMUP_BATCHES = 50
-
-
-def bench_config(agents: int) -> dict[str, Any]:
-    """The same shape as bench/http.py's."""
-    return {
-        "tenant": {"timezone": "UTC", "budgets": [{"meter": "usd", "limit": "1000000000", "window": "month"}]},
-        "meters": {"usd": {"kind": "sum", "scale": 2}},
-        "scopes": {"fleet": {"budgets": [{"meter": "usd", "limit": "100000000", "window": "day"}]}},
-        "agents": {
-            f"agent-{i}": {"scope": "fleet", "budgets": [{"meter": "usd", "limit": "1000000", "window": "day"}]}
-            for i in range(agents)
-        },
-    }
 
 
 @contextmanager
@@ -100,7 +88,7 @@ def one_run(
         engines = [Engine(open_store(url)) for _ in range(engines_count)]
         try:
             engines[0].create_tenant("bench")
-            engines[0].apply_config("bench", bench_config(AGENTS))
+            engines[0].apply_config("bench", hot_tenant_config(AGENTS))
             held: list[str] = []
             walls: list[float] = []
             cpus: list[float] = []

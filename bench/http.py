@@ -33,7 +33,7 @@ from pathlib import Path
 # `http` package (which urllib needs), so the folder leaves the import path first.
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
-sys.path.append(str(Path(__file__).resolve().parent))  # last: for pgdatabase, never before the stdlib
+sys.path.append(str(Path(__file__).resolve().parent))  # last: for pgdatabase and configs, never before the stdlib
 
 import argparse
 import json
@@ -49,23 +49,12 @@ import time
 import urllib.request
 from typing import Any
 
+from configs import hot_tenant_config
 from pgdatabase import PgDatabase
 
 LOADGEN_SOURCE = Path(__file__).with_name("loadgen.c")
 SERVER_START_SECONDS_MAX = 60
 AMOUNT_USD = "1.00"
-
-
-def bench_config(agents: int) -> dict[str, Any]:
-    return {
-        "tenant": {"timezone": "UTC", "budgets": [{"meter": "usd", "limit": "1000000000", "window": "month"}]},
-        "meters": {"usd": {"kind": "sum", "scale": 2}},
-        "scopes": {"fleet": {"budgets": [{"meter": "usd", "limit": "100000000", "window": "day"}]}},
-        "agents": {
-            f"agent-{i}": {"scope": "fleet", "budgets": [{"meter": "usd", "limit": "1000000", "window": "day"}]}
-            for i in range(agents)
-        },
-    }
 
 
 def compile_loadgen(directory: Path) -> Path:
@@ -226,7 +215,7 @@ def one_run(kind: str, binary: Path, args: argparse.Namespace, number: int) -> d
         work = Path(directory)
         url = pg.url if pg else f"sqlite:///{work / 'bench.db'}"
         config_path = work / "bench.json"
-        config_path.write_text(json.dumps(bench_config(args.agents)))
+        config_path.write_text(json.dumps(hot_tenant_config(args.agents)))
         server = Server(url, config_path, Path(args.log_dir or directory) / f"server-{kind}-{number}.log", args)
         try:
             if len(server.agent_keys) != args.agents:

@@ -477,13 +477,7 @@ def test_a_lease_shortened_by_extend_runs_out_at_its_new_deadline_without_a_swee
     rid = allowed(engine.authorize("t1", chat("250", lease_seconds=300)))  # the agent's whole day
     clock.advance(10)
     assert engine.extend("t1", rid, 5).lease_expires_at_us == clock.now_us + 5 * US
-    clock.advance(4)
-    assert engine.authorize("t1", chat("10")).outcome is Outcome.DENY
-    clock.advance(1)
-    allowed(engine.authorize("t1", chat("250")))
-    (expire,) = entries(store, EntryKind.EXPIRE)
-    assert expire.reservation_id == rid
-    assert_consistent(engine)
+    assert_runs_out_in_a_batch(engine, store, clock, rid, seconds_left=5)
 
 
 def test_a_hold_made_by_another_process_runs_out_on_time_in_this_ones_batches(
@@ -493,7 +487,13 @@ def test_a_hold_made_by_another_process_runs_out_on_time_in_this_ones_batches(
     allowed(engine.authorize("t1", chat("1", agent="bot-8", lease_seconds=600)))  # a later deadline
     allowed(other.authorize("t1", chat("1", agent="bot-8", lease_seconds=600)))
     rid = allowed(other.authorize("t1", chat("250", lease_seconds=30)))
-    clock.advance(29)
+    assert_runs_out_in_a_batch(engine, store, clock, rid, seconds_left=30)
+
+
+def assert_runs_out_in_a_batch(engine: Engine, store: Store, clock: FakeClock, rid: str, *, seconds_left: int) -> None:
+    """Hold `rid`, the whole of bot-7's day, still denies a second before its deadline and is
+    expired by the first ordinary batch at it (no sweep), making room."""
+    clock.advance(seconds_left - 1)
     assert engine.authorize("t1", chat("10")).outcome is Outcome.DENY
     clock.advance(1)
     allowed(engine.authorize("t1", chat("250")))
