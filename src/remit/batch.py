@@ -151,15 +151,10 @@ class TenantBatch:
 
     def _find_due(self) -> None:
         """The overdue holds (up to EXPIRY_BATCH_SIZE_MAX), and the new bound: the deadline of
-        the first hold after them, or now if there may be more overdue ones than were taken."""
+        the first live hold after them (itself overdue if more were due than were taken)."""
         first = self.tx.first_holds(self.tenant.tenant_id, EXPIRY_BATCH_SIZE_MAX + 1)
         self.due_ids = [rid for rid, deadline_us in first[:EXPIRY_BATCH_SIZE_MAX] if deadline_us <= self.now_us]
-        if len(self.due_ids) == EXPIRY_BATCH_SIZE_MAX:
-            self.next_due_us = self.now_us
-        elif len(first) > len(self.due_ids):
-            self.next_due_us = first[len(self.due_ids)][1]
-        else:
-            self.next_due_us = NO_HOLD_DUE_US
+        self.next_due_us = first[len(self.due_ids)][1] if len(first) > len(self.due_ids) else NO_HOLD_DUE_US
 
     def _consulted_budgets(self, act: Act) -> list[tuple[Budget, str]]:
         """The budgets (and instances) `act` is decided against, under the config this batch loaded.

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from conftest import START_US, FakeClock, allowed, assert_consistent
+from conftest import START_US, FakeClock, allowed, assert_consistent, config
 from remit import batch as batch_module
-from remit.domain.decisions import Outcome, ReasonCode
+from remit.domain.decisions import Decision, Outcome, ReasonCode
 from remit.domain.ledger import EntryKind
 from remit.engine import ActionInput, Engine
 from remit.errors import Conflict, InvalidRequest, NotFound
@@ -514,6 +514,30 @@ def test_more_overdue_holds_than_one_batch_expires_are_expired_by_the_next_batch
     assert {entry.reservation_id for entry in entries(store, EntryKind.EXPIRE)} == set(held)
     assert engine.expire_holds() == 0
     assert_consistent(engine)
+
+
+def test_each_tenant_of_a_batch_keeps_its_own_bound_on_hold_deadlines(
+    engine: Engine, store: Store, clock: FakeClock
+) -> None:
+    engine.create_tenant("t2")
+    engine.apply_config("t2", config())
+    other = ActionInput(agent="a1", action="x", amounts={"usd": "1"}, lease_seconds=60)
+    first, second = engine.execute(
+        [engine.authorize_operation("t1", chat("10", lease_seconds=30)), engine.authorize_operation("t2", other)]
+    )
+    assert isinstance(first, Decision) and isinstance(second, Decision)
+    clock.advance(30)  # t1's hold is due, t2's is not
+    engine.execute([engine.authorize_operation("t1", chat("1")), engine.authorize_operation("t2", other)])
+    assert [entry.reservation_id for entry in entries(store, EntryKind.EXPIRE)] == [first.reservation_id]
+    with store.transaction() as tx:
+        assert not [entry for entry in tx.ledger_entries("t2") if entry.kind is EntryKind.EXPIRE]
+    clock.advance(30)  # now t2's is due too
+    engine.execute([engine.authorize_operation("t2", other)])
+    with store.transaction() as tx:
+        (expire,) = [entry for entry in tx.ledger_entries("t2") if entry.kind is EntryKind.EXPIRE]
+    assert expire.reservation_id == second.reservation_id
+    assert_consistent(engine)
+    assert_consistent(engine, "t2")
 
 
 def test_release_of_an_overdue_hold_is_expired_even_before_the_sweeper_runs(
