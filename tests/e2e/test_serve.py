@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -188,3 +189,36 @@ def test_sigterm_mid_flight_loses_nothing(database: Path) -> None:
     committed = {a["committed"] for a in answers if a.get("status") == 200}
     assert len(allowed) >= 50 and committed <= allowed
     assert_told_answers_in_ledger(f"sqlite:///{database}", allowed, committed)
+
+
+def _ledger_rows_in_the_main_file(database: Path) -> int:
+    """Ledger rows in the database file itself, ignoring the write-ahead log (`immutable=1`)."""
+    connection = sqlite3.connect(f"file:{database}?immutable=1", uri=True)
+    try:
+        return int(connection.execute("SELECT count(*) FROM ledger").fetchone()[0])
+    finally:
+        connection.close()
+
+
+def test_a_server_checkpoints_the_wal_itself(database: Path) -> None:
+    """Commits leave their entries in the WAL (SQLite's own checkpoint waits for ~40 MB of it):
+    the server's checkpointer moves them into the database file within a moment. Fails without it."""
+    served = Served(database, free_port())
+    try:
+        headers = {"authorization": f"Bearer {served.keys['bot-7']}"}
+        body = {"action": "crm.discount.apply", "amounts": {"usd": "1.00"}}
+        for _ in range(5):
+            decision = httpx.post(f"{served.url}/v1/authorize", json=body, headers=headers).json()
+            commit = httpx.post(
+                f"{served.url}/v1/reservations/{decision['reservation']}/commit", json={}, headers=headers
+            )
+            assert commit.status_code == 200
+        reader = sqlite3.connect(database)  # through the WAL, as the server sees it
+        committed = int(reader.execute("SELECT count(*) FROM ledger").fetchone()[0])
+        reader.close()
+        deadline = time.monotonic() + 5
+        while _ledger_rows_in_the_main_file(database) < committed:
+            assert time.monotonic() < deadline, "the committed entries stayed in the WAL"
+            time.sleep(0.05)
+    finally:
+        served.stop()

@@ -32,6 +32,7 @@ from remit.batching import AsyncBatcher
 from remit.errors import InvalidRequest, RemitError
 from remit.keys import Principal
 from remit.limits import (
+    CHECKPOINT_SECONDS,
     EXPIRY_BATCH_SIZE_MAX,
     EXPIRY_SWEEP_SECONDS_DEFAULT,
     REQUEST_BODY_BYTES_MAX,
@@ -502,12 +503,15 @@ def create_app(
         batcher = AsyncBatcher(service.engine)
         api.batcher = batcher
         stop_sweeping = asyncio.Event()
-        sweeper = asyncio.get_running_loop().create_task(_sweep(service, expiry_sweep_seconds, stop_sweeping))
+        loop = asyncio.get_running_loop()
+        sweepers = [loop.create_task(_sweep(service, expiry_sweep_seconds, stop_sweeping))]
+        if service.engine.store.is_in_process:
+            sweepers.append(loop.create_task(_checkpoint(service, CHECKPOINT_SECONDS, stop_sweeping)))
         try:
             yield
         finally:
             stop_sweeping.set()
-            await sweeper
+            await asyncio.gather(*sweepers)
             await batcher.drain()  # every decided request's batch is committed before the store closes
             batcher.close()
             if request_log is not None:
@@ -523,6 +527,22 @@ def create_app(
     starlette = Starlette(routes=routes(api), lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     logged = RequestLog(starlette, metrics, request_log)
     return HotRoutes(api, logged, logged)
+
+
+async def _checkpoint(service: Service, interval_seconds: float, stop: asyncio.Event) -> None:
+    """Checkpoint the store's write-ahead log from a worker thread (`Store.checkpoint`).
+
+    Stopped by `stop`, never cancelled, like `_sweep`.
+    """
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_seconds)
+        if stop.is_set():
+            return
+        try:
+            await run_in_threadpool(service.engine.store.checkpoint)
+        except Exception:
+            log.exception("checkpoint failed; retrying next round")
 
 
 async def _sweep(service: Service, interval_seconds: float, stop: asyncio.Event) -> None:

@@ -488,6 +488,11 @@ class Store(abc.ABC):
         """Let go of a lock `try_writer_lock` took that no transaction released (a no-op otherwise)."""
         return None
 
+    def checkpoint(self) -> None:
+        """Move what the write-ahead log holds into the database, from the calling thread, so
+        that commits need not (SQLite; a no-op where the database server does it)."""
+        return None
+
     @abc.abstractmethod
     def migrate(self) -> None:
         """Bring the schema up to date (idempotent; safe for several processes at once)."""

@@ -157,6 +157,14 @@ class SqliteStore(Store):
         self._connection()
         migrate.upgrade(f"sqlite:///{self.path}")
 
+    def checkpoint(self) -> None:
+        """A passive checkpoint: copies what it can of the WAL into the database without waiting
+        for readers or writers (they go on meanwhile), and the next writer starts the WAL afresh
+        once all of it is copied. Servers run one every CHECKPOINT_SECONDS from a thread; left
+        to the automatic checkpoint, a commit now and then copies ~40 MB itself, which was a
+        paced server's whole p99 (bench/http.py --workers 1 --rate 1000: 37 ms, 8–9 ms without)."""
+        self._connection().sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def try_writer_lock(self) -> bool:
         return self._connection().try_lock()
 
