@@ -73,9 +73,6 @@ REQUEST_BODY_BYTES_MAX = 4 * 1024 * 1024 + 64 * 1024
 """Largest HTTP request body: a full config document plus room for its wrapping."""
 EXPIRY_SWEEP_SECONDS_DEFAULT = 1
 """How often a server expires abandoned holds of tenants with no traffic."""
-CHECKPOINT_SECONDS = 0.25
-"""How often a server on SQLite copies the write-ahead log into the database (`Store.checkpoint`),
-so that no commit has to copy a large one itself."""
 SHUTDOWN_GRACE_SECONDS_MAX = 10
 """How long a stopping server lets in-flight requests finish."""
 REQUEST_LOG_BUFFER_LINES_MAX = 4096

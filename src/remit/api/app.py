@@ -32,7 +32,6 @@ from remit.batching import AsyncBatcher
 from remit.errors import InvalidRequest, RemitError
 from remit.keys import Principal
 from remit.limits import (
-    CHECKPOINT_SECONDS,
     EXPIRY_BATCH_SIZE_MAX,
     EXPIRY_SWEEP_SECONDS_DEFAULT,
     REQUEST_BODY_BYTES_MAX,
@@ -60,6 +59,9 @@ log = logging.getLogger("remit.requests")
 
 SWEEP_ROUNDS_MAX = 100
 """Most expiry batches one sweep runs back to back (25,600 holds) before it yields to the next interval."""
+CHECKPOINT_SECONDS = 0.25
+"""How often a server on SQLite copies the write-ahead log into the database (`Store.checkpoint`),
+so that no commit has to copy a large one itself."""
 
 Handler = Callable[[Request], Awaitable[Response]]
 
