@@ -32,7 +32,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from configs import hot_tenant_config
@@ -70,8 +70,7 @@ def statement_timer(timings: dict[str, list[float]]) -> Iterator[None]:
         wrap(cls, "_execute", lambda args: str(args[0]))
         wrap(cls, "commit", lambda args: "COMMIT")
     wrap(PostgresTransaction, "write", lambda args: "WRITE")
-    for cls in (SqliteTransaction,):
-        wrap(cls, "_execute_many", lambda args: str(args[0]))
+    wrap(SqliteTransaction, "_execute_many", lambda args: str(args[0]))
     try:
         yield
     finally:
@@ -92,7 +91,7 @@ def one_run(
             held: list[str] = []
             walls: list[float] = []
             cpus: list[float] = []
-            with statement_timer(timings) if timings is not None else _nothing():
+            with statement_timer(timings) if timings is not None else nullcontext():
                 for number in range(WARMUP_BATCHES + batches):
                     if number == WARMUP_BATCHES and timings is not None:
                         timings.clear()
@@ -128,11 +127,6 @@ def one_run(
             if pg:
                 pg.drop()
     return {"wall_ms": statistics.mean(walls) * 1000, "cpu_ms": statistics.mean(cpus) * 1000}
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def main() -> None:

@@ -531,16 +531,19 @@ def create_app(
     return HotRoutes(api, logged, logged)
 
 
+async def _next_round(stop: asyncio.Event, interval_seconds: float) -> bool:
+    """Wait one interval, or less if `stop` is set meanwhile; True while the task should go on."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), interval_seconds)
+    return not stop.is_set()
+
+
 async def _checkpoint(service: Service, interval_seconds: float, stop: asyncio.Event) -> None:
     """Checkpoint the store's write-ahead log from a worker thread (`Store.checkpoint`).
 
     Stopped by `stop`, never cancelled, like `_sweep`.
     """
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_seconds)
-        if stop.is_set():
-            return
+    while await _next_round(stop, interval_seconds):
         try:
             await run_in_threadpool(service.engine.store.checkpoint)
         except Exception:
@@ -553,9 +556,7 @@ async def _sweep(service: Service, interval_seconds: float, stop: asyncio.Event)
     Stopped by `stop`, never cancelled: a cancelled task would leave its worker thread inside a
     batch while the store closes.
     """
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_seconds)
+    while await _next_round(stop, interval_seconds):
         for _ in range(SWEEP_ROUNDS_MAX):  # a backlog drains now, not at one batch per interval
             if stop.is_set():
                 return
