@@ -41,6 +41,19 @@ class TenantState:
     write_seq: int
     counters: dict[CounterKey, Counter] = field(default_factory=dict)
     holds: dict[str, Reservation] = field(default_factory=dict)
+    is_owned: bool = False
+    """This engine wrote the tenant's last two batches in a row: no other writer is about, so
+    the next batch may decide from memory and claim the tenant as it writes
+    (`Engine._execute_owned`). A new state (another writer came in between) starts without."""
+    next_due_us: int = 0
+    """The tenant's bound on hold deadlines as this engine last wrote it."""
+    config_version: int = -1
+    """The config version this engine's last batch of the tenant decided with."""
+
+
+class NeedsRead(Exception):
+    """An owned batch (decided from memory) came to a read it cannot make: it is run again the
+    ordinary way. `TenantBatch.reads_needed` should have said so first."""
 
 
 class TenantBatch:
@@ -56,8 +69,11 @@ class TenantBatch:
         next_due_us: int,
         bounds: BoundsCache,
         new_reservation_id: Callable[[], str],
+        is_owned: bool = False,
     ) -> None:
         self.tx = tx
+        self.is_owned = is_owned
+        """Decided from memory (`reads_needed` was False): any read is refused (`NeedsRead`)."""
         self.claimed_next_due_us = next_due_us
         self.next_due_us = next_due_us
         """No live hold of the tenant runs out before this (see `TenantClaim.next_due_us`)."""
@@ -83,6 +99,8 @@ class TenantBatch:
             act.problem = None
         resolves = [op for _, op in items if isinstance(op, Resolve)]
         keys = [op.idempotency_key for op in acts if op.idempotency_key]
+        if keys:
+            self._reading()
         for key, (fingerprint, response) in self.tx.claim_idempotency(tenant_id, keys, self.now_us).items():
             if response is not None:
                 self.answered_keys[key] = (fingerprint, orjson.loads(response))
@@ -115,7 +133,34 @@ class TenantBatch:
         )
         if next_due_us != self.claimed_next_due_us:
             self.write.next_due_us = next_due_us
+        self.next_due_us = next_due_us
         self.tx.write(tenant_id, self.write)
+
+    def reads_needed(self, items: list[tuple[int, Operation]]) -> bool:
+        """Whether deciding `items` needs anything of the store that the tenant's state lacks:
+        idempotency claims, overdue holds, holds or counters not in memory, counted entities
+        (reach is always read). False means an owned batch can decide them from memory."""
+        if self.now_us >= self.next_due_us:
+            return True
+        holds = self.state.holds
+        counters = self.state.counters
+        for _, operation in items:
+            if isinstance(operation, Resolve):
+                reservation = holds.get(operation.reservation_id)
+                if reservation is None:
+                    return True
+                if any(part.entities or (part.budget_id, part.instance) not in counters for part in reservation.parts):
+                    return True
+                continue
+            if operation.idempotency_key is not None or operation.touches:
+                return True
+            if any((budget.id, instance) not in counters for budget, instance in self._consulted_budgets(operation)):
+                return True
+        return False
+
+    def _reading(self) -> None:
+        if self.is_owned:
+            raise NeedsRead(f"tenant {self.tenant.tenant_id!r}: an owned batch came to a read")
 
     def settle(self, write_seq: int) -> None:
         """After the commit: remember live holds and counters as written, then the new sequence."""
@@ -133,6 +178,8 @@ class TenantBatch:
         if len(state.counters) > COUNTERS_CACHED_MAX:
             state.counters.clear()
         state.write_seq = write_seq
+        state.next_due_us = self.next_due_us
+        state.config_version = self.tenant.version
 
     # -- locking -------------------------------------------------------------------------------
     def _lock_reservations(self, resolves: list[Resolve]) -> None:
@@ -147,11 +194,13 @@ class TenantBatch:
         self.reservations = {rid: held[rid] for rid in ids if rid in held}
         missing = [rid for rid in ids if rid not in held]
         if missing:
+            self._reading()
             self.reservations.update(self.tx.lock_reservations(self.tenant.tenant_id, missing))
 
     def _find_due(self) -> None:
         """The overdue holds (up to EXPIRY_BATCH_SIZE_MAX), and the new bound: the deadline of
         the first live hold after them (itself overdue if more were due than were taken)."""
+        self._reading()
         first = self.tx.first_holds(self.tenant.tenant_id, EXPIRY_BATCH_SIZE_MAX + 1)
         self.due_ids = [rid for rid, deadline_us in first[:EXPIRY_BATCH_SIZE_MAX] if deadline_us <= self.now_us]
         self.next_due_us = first[len(self.due_ids)][1] if len(first) > len(self.due_ids) else NO_HOLD_DUE_US
@@ -210,6 +259,8 @@ class TenantBatch:
         tenant_id = self.tenant.tenant_id
         cached = self.state.counters
         missing = [key for key in keys if key not in cached]
+        if missing:
+            self._reading()
         loaded = self.tx.lock_counters(tenant_id, missing) if missing else {}
         rolling = [c for key, c in loaded.items() if (b := self.tenant.budget(key[0])) and b.is_rolling]
         if rolling:
@@ -231,6 +282,8 @@ class TenantBatch:
             for part in reservation.parts:
                 counter = self.counters[(part.budget_id, part.instance)]
                 wanted.extend((counter, e) for e in part.entities if e not in counter.counted_entities)
+        if wanted:
+            self._reading()
         self.tx.load_counted(tenant_id, wanted)
 
     # -- authorize and post-hoc usage ----------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from remit.domain.decisions import Decision
@@ -49,15 +49,36 @@ class AsyncBatcher:
         return len(self._pending)
 
     async def submit(self, operation: Operation) -> Result:
+        self._check_room(operation)
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._enqueue(operation, future)
+        return await future
+
+    def enqueue_all(self, operations: Sequence[Operation]) -> list[asyncio.Future[Result]]:
+        """Queue many requests at once without a coroutine each; a future per request, in order
+        (the engine host's side of a relayed frame, `remit.relay`). A request refused for room
+        gets its error in its future. Cancelling a future whose request was allowed releases
+        the hold it got, as for any cancelled caller (`_answer`)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Result]] = []
+        for operation in operations:
+            future: asyncio.Future[Result] = loop.create_future()
+            try:
+                self._check_room(operation)
+            except Overloaded as error:
+                future.set_exception(error)
+            else:
+                self._enqueue(operation, future)
+            futures.append(future)
+        return futures
+
+    def _check_room(self, operation: Operation) -> None:
         if len(self._pending) >= QUEUE_LENGTH_MAX:
             raise Overloaded(f"more than {QUEUE_LENGTH_MAX} requests are waiting; retry shortly")
         if self._waiting_by_tenant[operation.tenant_id] >= QUEUE_LENGTH_PER_TENANT_MAX:
             raise Overloaded(
                 f"more than {QUEUE_LENGTH_PER_TENANT_MAX} requests of this tenant are waiting; retry shortly"
             )
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._enqueue(operation, future)
-        return await future
 
     def _enqueue(self, operation: Operation, future: asyncio.Future[Result]) -> None:
         self._pending.append((operation, future))
@@ -71,18 +92,11 @@ class AsyncBatcher:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                size = self.engine.batch_size_max
-                batch, self._pending = self._pending[:size], self._pending[size:]
-                for operation, _ in batch:
-                    self._waiting_by_tenant[operation.tenant_id] -= 1
-                    if not self._waiting_by_tenant[operation.tenant_id]:
-                        del self._waiting_by_tenant[operation.tenant_id]
+                batch = self._take_batch()
                 try:
                     results = await self._execute([op for op, _ in batch], loop)
                 except BaseException as error:  # every caller of the failed batch hears of it
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(batch_failure(error))
+                    self._fail(batch, error)
                     if not isinstance(error, Exception):
                         raise
                     continue
@@ -90,6 +104,22 @@ class AsyncBatcher:
         finally:
             self._is_draining = False
             self._idle.set()
+
+    def _take_batch(self) -> list[tuple[Operation, asyncio.Future[Result]]]:
+        """The oldest waiting requests, as many as one batch takes, out of the queue."""
+        size = self.engine.batch_size_max
+        batch, self._pending = self._pending[:size], self._pending[size:]
+        for operation, _ in batch:
+            self._waiting_by_tenant[operation.tenant_id] -= 1
+            if not self._waiting_by_tenant[operation.tenant_id]:
+                del self._waiting_by_tenant[operation.tenant_id]
+        return batch
+
+    @staticmethod
+    def _fail(batch: list[tuple[Operation, asyncio.Future[Result]]], error: BaseException) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(batch_failure(error))
 
     async def _execute(
         self, operations: list[Operation], loop: asyncio.AbstractEventLoop

@@ -19,6 +19,18 @@ class RemitError(Exception):
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "details": self.details}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole (code, field, details), whatever the subclass's constructor takes: the
+        # engine host sends errors back to the worker process that asked (`remit.relay`).
+        return (_restore_error, (type(self), self.args, self.__dict__))
+
+
+def _restore_error(kind: type[RemitError], args: tuple[Any, ...], state: dict[str, Any]) -> RemitError:
+    error = kind.__new__(kind)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidRequest(RemitError):
     """The request could not be decided: bad amount, unknown meter or agent, a limit exceeded."""

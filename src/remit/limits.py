@@ -79,3 +79,8 @@ REQUEST_LOG_BUFFER_LINES_MAX = 4096
 """Request-log lines held before they are written (they are also written every 50 ms)."""
 WORKERS_MAX = 64
 """Most server processes `remit serve --workers` starts (each holds its own store connections)."""
+RELAY_FRAME_BYTES_MAX = 1024 * 1024 * 1024
+"""Largest frame between a worker process and its node's engine host (`remit.relay`): a batch
+of requests or their answers, pickled. A longer length field means a broken stream."""
+RELAY_FRAMES_IN_FLIGHT_MAX = 4
+"""Most frames a worker has sent its engine host and not yet heard back on."""

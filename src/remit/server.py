@@ -4,18 +4,23 @@ Shutdown (SIGINT/SIGTERM) stops accepting connections, lets in-flight requests f
 batches commit), drains the batcher, then closes the store: nothing is left half-written.
 
 With `workers` > 1 the process bootstraps, binds the port and becomes uvicorn's supervisor of
-that many worker processes (spawned, each with its own store connections, engine, batcher and
-key cache) sharing the listening socket. One CPython process uses one core, whatever the
-machine has; workers are how one node uses the rest. Each worker is a full server: the store
-orders them exactly as it orders several nodes (DESIGN.md §3). A worker that dies is replaced.
+that many spawned worker processes sharing the listening socket. One CPython process uses one
+core, whatever the machine has; workers are how one node uses the rest. On PostgreSQL the
+supervisor also hosts the node's engine (`remit.relay`): a worker does all of a request but
+the decision — HTTP, keys, validation, reads, config changes, the answer — and the host decides
+every worker's requests in shared batches. On SQLite each worker decides its own. A worker
+that dies is replaced; the engine host stops after the last worker has.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +39,7 @@ from remit.bootstrap import open_store, tune_gc_for_service
 from remit.engine import Engine
 from remit.errors import InvalidRequest
 from remit.limits import REQUESTS_PER_KEY_PER_SECOND_DEFAULT, SHUTDOWN_GRACE_SECONDS_MAX
+from remit.relay import EngineHost
 from remit.service import Bootstrap, Service
 
 DEFAULT_HOST = "127.0.0.1"
@@ -106,12 +112,18 @@ def _bootstrap(service: Service, options: ServeOptions, announce: Callable[[str]
         announce_keys(created, options.tenant, announce)
 
 
-def _app(service: Service, options: ServeOptions, on_shutdown: Callable[[], None] | None = None) -> ASGIApp:
+def _app(
+    service: Service,
+    options: ServeOptions,
+    on_shutdown: Callable[[], None] | None = None,
+    engine_socket: str | None = None,
+) -> ASGIApp:
     return create_app(
         service,
         request_log=RequestLogWriter() if options.is_logging_requests else None,
         requests_per_key_per_second=options.requests_per_key_per_second,
         on_shutdown=on_shutdown,
+        engine_socket=engine_socket,
     )
 
 
@@ -134,36 +146,53 @@ def _uvicorn_config(app: ASGIApp | str, options: ServeOptions) -> uvicorn.Config
 
 
 def _serve_workers(options: ServeOptions, announce: Callable[[str], None]) -> None:
-    """Bootstrap here, then supervise `options.workers` spawned worker processes on one socket."""
+    """Bootstrap here, then supervise `options.workers` spawned worker processes on one socket.
+
+    On a database server (PostgreSQL) this process also hosts the node's engine, which decides
+    every worker's requests (`remit.relay`): one writer per node keeps each tenant's state in
+    memory and claims it as it writes. On SQLite each worker decides its own, on the event
+    loop, the writers queueing on the file's lock: there the relay's extra hop cost more than
+    it saved (bench/http.py, 2 workers: ~6,100 decisions/s relayed against ~7,500).
+    """
     store = open_store(options.database_url)
     try:
         _bootstrap(Service(Engine(store)), options, announce)
+        is_relayed = not store.is_in_process
     finally:
-        store.close()  # the supervisor holds no connection: only workers touch the store
-    worker_options = {
+        store.close()  # the supervisor keeps no connection of its own: its engine host opens its store
+    worker_options: dict[str, Any] = {
         "database_url": options.database_url,
         "is_logging_requests": options.is_logging_requests,
         "requests_per_key_per_second": options.requests_per_key_per_second,
+        "engine_socket": None,
     }
-    os.environ[WORKER_OPTIONS_ENV] = json.dumps(worker_options)
-    config = _uvicorn_config(f"{__name__}:worker_app", options)
-    listener = config.bind_socket()
-    announce(
-        f"remit serving http://{options.host}:{options.port} with {options.workers} worker processes "
-        f"(tenant {options.tenant}; Ctrl-C stops)"
-    )
-    try:
+    with contextlib.ExitStack() as stack:
+        if is_relayed:
+            # Frames are pickles: the socket's directory is the server user's alone (mkdtemp: 0700).
+            socket_directory = tempfile.mkdtemp(prefix="remit-engine-")
+            stack.callback(shutil.rmtree, socket_directory, ignore_errors=True)
+            host = EngineHost(options.database_url, os.path.join(socket_directory, "engine.sock"))
+            host.start()
+            stack.callback(host.stop)  # after the workers: Multiprocess.run returns once they have all stopped
+            worker_options["engine_socket"] = host.path
+        os.environ[WORKER_OPTIONS_ENV] = json.dumps(worker_options)
+        config = _uvicorn_config(f"{__name__}:worker_app", options)
+        listener = config.bind_socket()
+        stack.callback(listener.close)
+        announce(
+            f"remit serving http://{options.host}:{options.port} with {options.workers} worker processes "
+            f"(tenant {options.tenant}; Ctrl-C stops)"
+        )
         Multiprocess(config, sockets=[listener]).run()
-    finally:
-        listener.close()
 
 
 def worker_app() -> ASGIApp:
     """The app of one spawned worker (uvicorn calls this factory by name in the worker process)."""
     settings = json.loads(os.environ[WORKER_OPTIONS_ENV])
+    engine_socket = settings.pop("engine_socket")
     options = ServeOptions(**settings)
     store = open_store(options.database_url)
-    app = _app(Service(Engine(store)), options, on_shutdown=store.close)
+    app = _app(Service(Engine(store)), options, on_shutdown=store.close, engine_socket=engine_socket)
     tune_gc_for_service()
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), name="remit-orphan-watch", daemon=True).start()
     return app

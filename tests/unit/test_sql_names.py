@@ -28,7 +28,7 @@ def used_names(path: Path) -> set[str]:
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("_execute", "_execute_many")
+            and node.func.attr in ("_execute", "_execute_many", "_send")
         ):
             first = node.args[0] if node.args else None
             assert isinstance(first, ast.Constant) and isinstance(first.value, str), (

@@ -32,13 +32,14 @@ from remit.batching import AsyncBatcher
 from remit.errors import InvalidRequest, RemitError
 from remit.keys import Principal
 from remit.limits import (
-    EXPIRY_BATCH_SIZE_MAX,
     EXPIRY_SWEEP_SECONDS_DEFAULT,
     REQUEST_BODY_BYTES_MAX,
     REQUEST_BURST_PER_KEY_DEFAULT,
     REQUESTS_PER_KEY_PER_SECOND_DEFAULT,
 )
+from remit.relay import RelayBatcher
 from remit.service import Service, bearer_key_id
+from remit.upkeep import start_upkeep
 from remit.wire import (
     action_input,
     check_json,
@@ -56,12 +57,6 @@ from remit.wire import (
 )
 
 log = logging.getLogger("remit.requests")
-
-SWEEP_ROUNDS_MAX = 100
-"""Most expiry batches one sweep runs back to back (25,600 holds) before it yields to the next interval."""
-CHECKPOINT_SECONDS = 0.25
-"""How often a server on SQLite copies the write-ahead log into the database (`Store.checkpoint`),
-so that no commit has to copy a large one itself."""
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -490,25 +485,25 @@ def create_app(
     request_log: RequestLogWriter | None = None,
     requests_per_key_per_second: int = REQUESTS_PER_KEY_PER_SECOND_DEFAULT,
     on_shutdown: Callable[[], None] | None = None,
+    engine_socket: str | None = None,
 ) -> ASGIApp:
     """The ASGI app. Its lifespan starts the batcher and the expiry sweep and drains both on shutdown.
 
     `request_log` receives one JSON line per request (None: no request log).
     `requests_per_key_per_second` is the API's own rate limit (0: none); past it, 429.
     `on_shutdown` runs last, after every batch has committed (a worker process closes its store there).
+    `engine_socket`: decisions go to the node's engine host there (`remit.relay`), which also
+    runs the sweep; None: this process decides them and sweeps.
     """
     metrics = Metrics()
     service.engine.batch_observer = metrics.batch_sizes.observe
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        batcher = AsyncBatcher(service.engine)
+        batcher = AsyncBatcher(service.engine) if engine_socket is None else RelayBatcher(service.engine, engine_socket)
         api.batcher = batcher
         stop_sweeping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        sweepers = [loop.create_task(_sweep(service, expiry_sweep_seconds, stop_sweeping))]
-        if service.engine.store.is_in_process:
-            sweepers.append(loop.create_task(_checkpoint(service, CHECKPOINT_SECONDS, stop_sweeping)))
+        sweepers = start_upkeep(service.engine, expiry_sweep_seconds, stop_sweeping) if engine_socket is None else []
         try:
             yield
         finally:
@@ -529,44 +524,3 @@ def create_app(
     starlette = Starlette(routes=routes(api), lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     logged = RequestLog(starlette, metrics, request_log)
     return HotRoutes(api, logged, logged)
-
-
-async def _next_round(stop: asyncio.Event, interval_seconds: float) -> bool:
-    """Wait one interval, or less if `stop` is set meanwhile; True while the task should go on."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), interval_seconds)
-    return not stop.is_set()
-
-
-async def _checkpoint(service: Service, interval_seconds: float, stop: asyncio.Event) -> None:
-    """Checkpoint the store's write-ahead log from a worker thread (`Store.checkpoint`).
-
-    Stopped by `stop`, never cancelled, like `_sweep`.
-    """
-    while await _next_round(stop, interval_seconds):
-        try:
-            await run_in_threadpool(service.engine.store.checkpoint)
-        except Exception:
-            log.exception("checkpoint failed; retrying next round")
-
-
-async def _sweep(service: Service, interval_seconds: float, stop: asyncio.Event) -> None:
-    """Expire abandoned holds of tenants that have no traffic (any batch of a tenant does it too).
-
-    Stopped by `stop`, never cancelled: a cancelled task would leave its worker thread inside a
-    batch while the store closes.
-    """
-    while await _next_round(stop, interval_seconds):
-        for _ in range(SWEEP_ROUNDS_MAX):  # a backlog drains now, not at one batch per interval
-            if stop.is_set():
-                return
-            try:
-                expired = await run_in_threadpool(service.engine.expire_holds)
-            except RemitError:
-                log.warning("expiry sweep failed; retrying next round")
-                break
-            except Exception:
-                log.exception("expiry sweep failed")
-                break
-            if expired < EXPIRY_BATCH_SIZE_MAX:
-                break

@@ -78,6 +78,11 @@ class TenantClaim:
     ended since may have had it). A batch looks for overdue holds only once it is reached."""
 
 
+class TenantMoved(Exception):
+    """An owned claim found that another writer changed the tenant: the batch is run again the
+    ordinary way, reading what it needs (`Engine._execute_once`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRow:
     tenant_id: str
@@ -127,6 +132,10 @@ class Transaction(abc.ABC):
     def _execute_many(self, name: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
     @abc.abstractmethod
+    def _send(self, name: str, params: Sequence[Any]) -> None:
+        """Run a named statement whose rows nobody reads (PostgreSQL pipelines it: no wait)."""
+
+    @abc.abstractmethod
     def commit(self) -> None: ...
 
     # -- tenants ---------------------------------------------------------------------------
@@ -147,6 +156,19 @@ class Transaction(abc.ABC):
         """
         rows = self._execute("claim_tenants", (self._list(sorted(tenant_ids)),))
         return {row[0]: TenantClaim(row[1], row[2], row[3]) for row in rows}
+
+    def claim_owned(self, claims: Sequence[tuple[str, int, int]]) -> None:
+        """Claim tenants this engine wrote last, without reading them: each (tenant, write_seq,
+        config_version) moves its `write_seq` on if the row still has both values.
+
+        If any has not (another process wrote, or applied a config), the transaction fails with
+        `TenantMoved` — here, or at the latest at commit (PostgreSQL sends the claim, the
+        batch's writes and the commit in one round trip), and nothing of it is applied.
+        """
+        rows = sorted(claims)
+        claimed = self._execute("claim_owned_tenants", (dumps([list(row) for row in rows]),))
+        if len(claimed) != len(rows):
+            raise TenantMoved("another process wrote a tenant of this batch since this engine last did")
 
     def load_tenant(self, tenant_id: str) -> TenantRow | None:
         rows = self._execute("load_tenant", (tenant_id,))
@@ -366,7 +388,7 @@ class Transaction(abc.ABC):
     # -- writing a batch -------------------------------------------------------------------
     def write(self, tenant_id: str, batch: BatchWrite) -> None:
         if batch.next_due_us is not None:
-            self._execute("set_next_due", (batch.next_due_us, tenant_id))
+            self._send("set_next_due", (batch.next_due_us, tenant_id))
         counters = [counter for counter in batch.counters if counter.is_dirty]
         if counters:
             self._execute_many(

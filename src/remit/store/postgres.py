@@ -15,19 +15,22 @@ these small statements costs far less than the one scan it avoids.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from remit.store import migrate
-from remit.store.base import BatchWrite, Store, Transaction, dumps, load_statements
+from remit.store.base import BatchWrite, Store, TenantMoved, Transaction, dumps, load_statements
 
 POOL_SIZE_MAX = 8
 CONNECT_TIMEOUT_SECONDS = 10
 STATEMENT_TIMEOUT_MS = 30_000
 LOCK_TIMEOUT_MS = 10_000
+TENANT_MOVED_SQLSTATE = "RM001"
+"""Raised by remit_tenant_moved() (migration 0004) when an owned claim finds another writer came first."""
 
 
 class PostgresTransaction(Transaction):
@@ -36,6 +39,8 @@ class PostgresTransaction(Transaction):
         self.connection = connection
         self.is_open = True
         self._cursor = connection.cursor()
+        self._pipeline: contextlib.ExitStack | None = None
+        self._pipe: psycopg.Pipeline | None = None
 
     def _list(self, values: Sequence[Any]) -> Any:
         return list(values)
@@ -45,21 +50,64 @@ class PostgresTransaction(Transaction):
 
     def _execute(self, name: str, params: Sequence[Any] | Mapping[str, Any]) -> list[tuple[Any, ...]]:
         cursor = self._cursor.execute(self._sql[name], params, prepare=True)
+        if self._pipe is not None:
+            with _tenant_moved_as_such():
+                self._pipe.sync()  # a read amid pipelined writes (a later tenant of the batch) waits for its rows
         return cursor.fetchall() if cursor.description is not None else []
+
+    def _send(self, name: str, params: Sequence[Any]) -> None:
+        self._cursor.execute(self._sql[name], params, prepare=True)
 
     def _execute_many(self, name: str, rows: Sequence[Sequence[Any]]) -> None:
         """One set-based statement for all rows, which go as one JSON array (see postgres.sql)."""
         if rows:
             self._cursor.execute(self._sql[name], (dumps(rows),), prepare=True)
 
+    def claim_owned(self, claims: Sequence[tuple[str, int, int]]) -> None:
+        # Sent, not awaited: the statement fails the transaction itself if a tenant moved, and
+        # its answer comes with the writes' and the commit's (see commit).
+        rows = sorted(claims)
+        self._pipelined()
+        self._send("claim_owned_tenants", (dumps([list(row) for row in rows]), len(rows)))
+
     def write(self, tenant_id: str, batch: BatchWrite) -> None:
-        # Pipeline mode sends the batch's writes without waiting for each answer: one round trip.
-        with self.connection.pipeline():
+        # Pipeline mode sends the batch's writes without waiting for each answer; the commit
+        # follows in the same pipeline, so writes and commit take one round trip.
+        self._pipelined()
+        with _tenant_moved_as_such():
             super().write(tenant_id, batch)
 
+    def _pipelined(self) -> psycopg.Cursor[Any]:
+        """The transaction's cursor, in pipeline mode from now until commit or rollback. A read
+        made meanwhile (another tenant's batch) waits for the answers sent before it."""
+        if self._pipeline is None:
+            stack = contextlib.ExitStack()
+            self._pipe = stack.enter_context(self.connection.pipeline())
+            self._pipeline = stack
+        return self._cursor
+
     def commit(self) -> None:
-        self.connection.commit()
+        with _tenant_moved_as_such():
+            self.connection.commit()
+            self._end_pipeline()
         self.is_open = False
+
+    def _end_pipeline(self) -> None:
+        pipeline, self._pipeline, self._pipe = self._pipeline, None, None
+        if pipeline is not None:
+            pipeline.close()
+
+
+@contextlib.contextmanager
+def _tenant_moved_as_such() -> Iterator[None]:
+    """An owned claim's refusal reaches the client with whichever pipelined call fetches its
+    answer (a later write, a read, the commit): it is `TenantMoved` wherever it surfaces."""
+    try:
+        yield
+    except psycopg.Error as error:
+        if error.sqlstate == TENANT_MOVED_SQLSTATE:
+            raise TenantMoved(str(error).splitlines()[0]) from error
+        raise
 
 
 class PostgresStore(Store):
@@ -98,6 +146,8 @@ class PostgresStore(Store):
         try:
             if transaction.is_open:
                 transaction.is_open = False
+                with contextlib.suppress(psycopg.Error):  # an aborted pipeline reports its error again here
+                    transaction._end_pipeline()
                 transaction.connection.rollback()
         finally:
             self._pool.putconn(transaction.connection)

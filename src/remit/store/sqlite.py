@@ -114,6 +114,9 @@ class SqliteTransaction(Transaction):
     def _execute_many(self, name: str, rows: Sequence[Sequence[Any]]) -> None:
         self._connection.executemany(self._sql[name], rows)
 
+    def _send(self, name: str, params: Sequence[Any]) -> None:
+        self._connection.execute(self._sql[name], params)
+
     def commit(self) -> None:
         try:
             self._connection.execute("COMMIT")

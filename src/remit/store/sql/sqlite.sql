@@ -11,6 +11,14 @@ WHERE tenant_id IN (SELECT value FROM json_each(?)) ORDER BY tenant_id;
 UPDATE tenants SET write_seq = write_seq + 1 WHERE tenant_id IN (SELECT value FROM json_each(?))
 RETURNING tenant_id, config_version, write_seq - 1, next_due_us;
 
+-- name: claim_owned_tenants
+-- An owned batch's claim (Engine._execute_owned): moves on each write_seq that is still the one
+-- this engine wrote, under the config it decides with; the caller counts the rows.
+UPDATE tenants SET write_seq = write_seq + 1
+FROM (SELECT value->>0 AS t, value->>1 AS s, value->>2 AS v FROM json_each(?)) AS k
+WHERE tenants.tenant_id = k.t AND tenants.write_seq = k.s AND tenants.config_version = k.v
+RETURNING tenants.tenant_id;
+
 -- name: set_next_due
 UPDATE tenants SET next_due_us = ? WHERE tenant_id = ?;
 
