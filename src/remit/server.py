@@ -175,6 +175,10 @@ def _serve_workers(options: ServeOptions, announce: Callable[[str], None]) -> No
             host.start()
             stack.callback(host.stop)  # after the workers: Multiprocess.run returns once they have all stopped
             worker_options["engine_socket"] = host.path
+            # The host's batch thread and event loop share this process's GIL: hand it over as
+            # soon as a server does (at the default 5 ms, a batch back from PostgreSQL waited
+            # for the loop's turn to end while it held the tenant's lock).
+            tune_gc_for_service()
         os.environ[WORKER_OPTIONS_ENV] = json.dumps(worker_options)
         config = _uvicorn_config(f"{__name__}:worker_app", options)
         listener = config.bind_socket()
