@@ -94,9 +94,10 @@ class TenantBatch:
     def run(self, items: list[tuple[int, Operation]], results: list[Result | RemitError | BaseException]) -> None:
         tenant_id = self.tenant.tenant_id
         acts = [op for _, op in items if isinstance(op, Act)]
-        for act in acts:  # a retried batch decides afresh, against the config loaded now
-            act.consulted = None
-            act.problem = None
+        if not self.is_owned:  # `reads_needed` worked them out just now, under this batch's config
+            for act in acts:  # a retried batch decides afresh, against the config loaded now
+                act.consulted = None
+                act.problem = None
         resolves = [op for _, op in items if isinstance(op, Resolve)]
         keys = [op.idempotency_key for op in acts if op.idempotency_key]
         if keys:
