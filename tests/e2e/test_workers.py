@@ -15,7 +15,12 @@ exactly one worker holds open (/proc/<pid>/fd). Proved:
 - SIGTERM to the supervisor mid-flight: it exits 0 within the stop timeout, no process it
   started is left, and every hold and commit a client was told about is in the ledger;
 - a worker killed with SIGKILL mid-flight is replaced, the replacement serves, and the ledger
-  still matches the counters.
+  still matches the counters;
+- the workers of a supervisor killed with SIGKILL stop and free the port;
+- on PostgreSQL the engine host's socket sits in a directory only the server's user may enter,
+  removed at the stop; SQLite workers make none.
+The last four on both stores (on PostgreSQL the workers' decisions go through the supervisor's
+engine host, `remit.relay`).
 """
 
 from __future__ import annotations
@@ -404,8 +409,9 @@ def test_clients_over_two_workers_spend_a_shared_budget_exactly(store: str, tmp_
             assert ledger_commits(admin) == LIMIT_UNITS
 
 
-def test_sigterm_stops_the_supervisor_and_its_workers_losing_nothing(tmp_path: Path) -> None:
-    with workers_server("sqlite", tmp_path) as server:
+@pytest.mark.parametrize("store", STORES)
+def test_sigterm_stops_the_supervisor_and_its_workers_losing_nothing(store: str, tmp_path: Path) -> None:
+    with workers_server(store, tmp_path) as server:
         workers = serving_workers(server)
         started = descendants(server.process.pid)
         tally, attribution = Tally(), Attribution(workers)
@@ -435,12 +441,14 @@ def test_sigterm_stops_the_supervisor_and_its_workers_losing_nothing(tmp_path: P
         join_all(threads)
         wait_for(lambda: not any(is_alive(p) for p in started), f"every process the supervisor started gone: {started}")
 
-    assert len(tally.allowed) >= MID_FLIGHT_ANSWERS // 4 and set(tally.committed) <= tally.allowed
-    assert_told_answers_in_ledger(server.database_url, tally.allowed, set(tally.committed))
+        assert len(tally.allowed) >= MID_FLIGHT_ANSWERS // 4 and set(tally.committed) <= tally.allowed
+        # Read while the database still exists (a PostgreSQL one is dropped as the block ends).
+        assert_told_answers_in_ledger(server.database_url, tally.allowed, set(tally.committed))
 
 
-def test_a_killed_worker_is_replaced_and_serving_goes_on(tmp_path: Path) -> None:
-    with workers_server("sqlite", tmp_path) as server:
+@pytest.mark.parametrize("store", STORES)
+def test_a_killed_worker_is_replaced_and_serving_goes_on(store: str, tmp_path: Path) -> None:
+    with workers_server(store, tmp_path) as server:
         workers = serving_workers(server)
         victim = workers[0]
         tally = Tally()
@@ -490,8 +498,9 @@ def test_a_killed_worker_is_replaced_and_serving_goes_on(tmp_path: Path) -> None
         assert {w.pid for w in workers_of(server)} == {w.pid for w in replaced}, "no worker was lost since"
 
 
-def test_workers_of_a_killed_supervisor_stop_and_free_the_port(tmp_path: Path) -> None:
-    with workers_server("sqlite", tmp_path) as server:
+@pytest.mark.parametrize("store", STORES)
+def test_workers_of_a_killed_supervisor_stop_and_free_the_port(store: str, tmp_path: Path) -> None:
+    with workers_server(store, tmp_path) as server:
         workers = serving_workers(server)
         os.kill(server.process.pid, signal.SIGKILL)  # no chance to stop its workers itself
         server.process.wait(timeout=STOP_TIMEOUT_SECONDS)
@@ -500,3 +509,27 @@ def test_workers_of_a_killed_supervisor_stop_and_free_the_port(tmp_path: Path) -
         with socket.socket() as probe:  # nothing listens there any more: a new server could start
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_the_engine_hosts_socket_is_private_and_removed(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the workers reach the node's engine over a Unix socket whose frames are
+    pickles: only the server's user may enter its directory, which goes with the server. SQLite
+    workers decide their own requests and make none."""
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))  # the server's tempfile.mkdtemp makes the directory here
+    with workers_server(store, tmp_path) as server:
+        serving_workers(server)
+        made = sorted(private.glob("remit-engine-*"))
+        if store == "sqlite":
+            assert made == []
+        else:
+            assert len(made) == 1, made
+            assert made[0].stat().st_mode & 0o777 == 0o700
+            assert (made[0] / "engine.sock").is_socket()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, server.log_tail()
+        assert sorted(private.glob("remit-engine-*")) == []

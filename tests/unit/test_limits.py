@@ -13,18 +13,23 @@ from remit.limits import (
     AMOUNT_BASE_UNITS_MAX,
     AMOUNT_TEXT_LENGTH_MAX,
     BATCH_SIZE_MAX,
+    CONTEXT_BYTES_MAX,
     EXPIRY_BATCH_SIZE_MAX,
     LEASE_SECONDS_DEFAULT,
     LEASE_SECONDS_MAX,
     LEASE_SECONDS_MIN,
     LIMIT_BASE_UNITS_MAX,
     METER_SCALE_MAX,
+    METERS_PER_REQUEST_MAX,
     NAME_LENGTH_MAX,
     QUEUE_LENGTH_MAX,
+    RELAY_FRAME_BYTES_MAX,
+    RELAY_FRAMES_IN_FLIGHT_MAX,
     ROLLING_BUCKETS_MAX,
     ROLLING_SECONDS_MAX,
     SCOPE_DEPTH_MAX,
     SCOPE_PATH_LENGTH_MAX,
+    TOUCHES_PER_REQUEST_MAX,
 )
 
 INT64_MAX = 2**63 - 1
@@ -90,3 +95,15 @@ def test_service_limits() -> None:
     assert limits.LEDGER_PAGE_SIZE_MAX <= limits.BURN_RATE_ENTRIES_MAX
     # One tenant fills at most a share of the queue, and that share holds a full batch.
     assert BATCH_SIZE_MAX <= limits.QUEUE_LENGTH_PER_TENANT_MAX < QUEUE_LENGTH_MAX
+
+
+def test_a_relay_frame_holds_a_whole_batch_of_the_largest_requests() -> None:
+    # A worker sends at most one batch of validated requests per frame (remit.relay); each is
+    # bounded by its context, its touched entities and its meters (names up to 4 UTF-8 bytes a
+    # character). The length goes in 4 bytes.
+    name_bytes_max = NAME_LENGTH_MAX * 4
+    request_bytes_max = (
+        CONTEXT_BYTES_MAX + TOUCHES_PER_REQUEST_MAX * name_bytes_max + METERS_PER_REQUEST_MAX * (name_bytes_max + 32)
+    )
+    assert BATCH_SIZE_MAX * request_bytes_max * 2 <= RELAY_FRAME_BYTES_MAX < 2**32
+    assert RELAY_FRAMES_IN_FLIGHT_MAX >= 2, "one frame in flight leaves the host idle while the worker answers"
