@@ -494,21 +494,34 @@ class Engine:
                     self._states[tenant_id] = state
                 else:
                     state.is_owned = True  # nobody else wrote since our last batch either
-                batch = TenantBatch(
-                    tx,
-                    tenant,
-                    state,
-                    now_us,
-                    next_due_us=claim.next_due_us,
-                    bounds=self._bounds,
-                    new_reservation_id=self.new_reservation_id,
-                )
+                batch = self._tenant_batch(tx, tenant, state, now_us, next_due_us=claim.next_due_us)
                 batch.run([(i, operations[i]) for i in indexes], results)
                 done.append((batch, claim.write_seq + 1))
             tx.commit()
         for batch, write_seq in done:
             batch.settle(write_seq)
         return results
+
+    def _tenant_batch(
+        self,
+        tx: Transaction,
+        tenant: TenantConfig,
+        state: TenantState,
+        now_us: int,
+        *,
+        next_due_us: int,
+        is_owned: bool = False,
+    ) -> TenantBatch:
+        return TenantBatch(
+            tx,
+            tenant,
+            state,
+            now_us,
+            next_due_us=next_due_us,
+            bounds=self._bounds,
+            new_reservation_id=self.new_reservation_id,
+            is_owned=is_owned,
+        )
 
     def _execute_owned(
         self, operations: Sequence[Operation], by_tenant: dict[str, list[int]]
@@ -534,16 +547,7 @@ class Engine:
                 tenant = self._configs.get(tenant_id)
                 if state is None or not state.is_owned or tenant is None or tenant.version != state.config_version:
                     return None
-                batch = TenantBatch(
-                    tx,
-                    tenant,
-                    state,
-                    now_us,
-                    next_due_us=state.next_due_us,
-                    bounds=self._bounds,
-                    new_reservation_id=self.new_reservation_id,
-                    is_owned=True,
-                )
+                batch = self._tenant_batch(tx, tenant, state, now_us, next_due_us=state.next_due_us, is_owned=True)
                 items = [(i, operations[i]) for i in by_tenant[tenant_id]]
                 if batch.reads_needed(items):
                     return None
