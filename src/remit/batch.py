@@ -59,9 +59,11 @@ class NeedsRead(Exception):
 class TenantBatch:
     """One tenant's share of a batch: lock, decide in order, write once."""
 
+    tx: Transaction
+    """The transaction `run` writes in (given to `run`: an owned batch is planned before one is open)."""
+
     def __init__(
         self,
-        tx: Transaction,
         tenant: TenantConfig,
         state: TenantState,
         now_us: int,
@@ -71,7 +73,6 @@ class TenantBatch:
         new_reservation_id: Callable[[], str],
         is_owned: bool = False,
     ) -> None:
-        self.tx = tx
         self.is_owned = is_owned
         """Decided from memory (`reads_needed` was False): any read is refused (`NeedsRead`)."""
         self.claimed_next_due_us = next_due_us
@@ -91,7 +92,10 @@ class TenantBatch:
         """Ids already queued for writing (new or changed), so each is written once."""
         self.write = BatchWrite()
 
-    def run(self, items: list[tuple[int, Operation]], results: list[Result | RemitError | BaseException]) -> None:
+    def run(
+        self, tx: Transaction, items: list[tuple[int, Operation]], results: list[Result | RemitError | BaseException]
+    ) -> None:
+        self.tx = tx
         tenant_id = self.tenant.tenant_id
         acts = [op for _, op in items if isinstance(op, Act)]
         if not self.is_owned:  # `reads_needed` worked them out just now, under this batch's config

@@ -414,16 +414,28 @@ class Engine:
 
         For a caller that must not block (the asyncio batcher on an in-process store): it
         retries later instead. Taking both locks without waiting keeps their order irrelevant.
+        A refused owned claim is run again at once if the writers' lock is still free; any
+        other retryable failure (rolled back, nothing applied) also returns None, so the
+        caller's backoff, not a sleep here, waits for the store.
         """
         if not self._execute_lock.acquire(blocking=False):
             return None
         try:
-            if not self.store.try_writer_lock():
-                return None
-            try:
-                return self._execute_with_retries(operations)
-            finally:
-                self.store.release_writer_lock()  # a no-op once the batch's commit or rollback let it go
+            for _ in range(BATCH_ATTEMPTS_MAX):
+                # Each attempt takes the lock afresh: the rollback of a failed one let it go.
+                if not self.store.try_writer_lock():
+                    return None
+                try:
+                    return self._execute_once(operations)
+                except TenantMoved:
+                    continue  # nothing was applied; run again at once, the ordinary way
+                except Exception as error:
+                    if self._is_retryable(error):
+                        return None  # nothing was applied; the caller waits (not here) and tries again
+                    raise
+                finally:
+                    self.store.release_writer_lock()  # a no-op once the batch's commit or rollback let it go
+            return None
         finally:
             self._execute_lock.release()
 
@@ -494,8 +506,8 @@ class Engine:
                     self._states[tenant_id] = state
                 else:
                     state.is_owned = True  # nobody else wrote since our last batch either
-                batch = self._tenant_batch(tx, tenant, state, now_us, next_due_us=claim.next_due_us)
-                batch.run([(i, operations[i]) for i in indexes], results)
+                batch = self._tenant_batch(tenant, state, now_us, next_due_us=claim.next_due_us)
+                batch.run(tx, [(i, operations[i]) for i in indexes], results)
                 done.append((batch, claim.write_seq + 1))
             tx.commit()
         for batch, write_seq in done:
@@ -504,7 +516,6 @@ class Engine:
 
     def _tenant_batch(
         self,
-        tx: Transaction,
         tenant: TenantConfig,
         state: TenantState,
         now_us: int,
@@ -513,7 +524,6 @@ class Engine:
         is_owned: bool = False,
     ) -> TenantBatch:
         return TenantBatch(
-            tx,
             tenant,
             state,
             now_us,
@@ -541,22 +551,22 @@ class Engine:
         """
         now_us = self.clock()
         batches: list[tuple[TenantBatch, list[tuple[int, Operation]]]] = []
+        for tenant_id in sorted(by_tenant):  # before any transaction: an ordinary batch opens its own
+            state = self._states.get(tenant_id)
+            tenant = self._configs.get(tenant_id)
+            if state is None or not state.is_owned or tenant is None or tenant.version != state.config_version:
+                return None
+            batch = self._tenant_batch(tenant, state, now_us, next_due_us=state.next_due_us, is_owned=True)
+            items = [(i, operations[i]) for i in by_tenant[tenant_id]]
+            if batch.reads_needed(items):
+                return None
+            batches.append((batch, items))
+        results: list[Result | RemitError | BaseException] = [None] * len(operations)
         with self.store.transaction() as tx:
-            for tenant_id in sorted(by_tenant):
-                state = self._states.get(tenant_id)
-                tenant = self._configs.get(tenant_id)
-                if state is None or not state.is_owned or tenant is None or tenant.version != state.config_version:
-                    return None
-                batch = self._tenant_batch(tx, tenant, state, now_us, next_due_us=state.next_due_us, is_owned=True)
-                items = [(i, operations[i]) for i in by_tenant[tenant_id]]
-                if batch.reads_needed(items):
-                    return None
-                batches.append((batch, items))
-            results: list[Result | RemitError | BaseException] = [None] * len(operations)
             tx.claim_owned([(b.tenant.tenant_id, b.state.write_seq, b.tenant.version) for b, _ in batches])
             try:
                 for batch, items in batches:
-                    batch.run(items, results)
+                    batch.run(tx, items, results)
             except NeedsRead:
                 for batch, _ in batches:  # what it decided so far changed counters in memory
                     self._states.pop(batch.tenant.tenant_id, None)

@@ -6,13 +6,17 @@ another worker process would) holding the writers' lock in an open write transac
 engine's own batch lock is taken, and decides normally once free, leaving the lock free after;
 a batch submitted while the lock is held waits without blocking the loop (a ticker coroutine
 keeps running) and is decided once the holder commits; past `IN_LOOP_WAIT_SECONDS_MAX` the
-batch is handed to the worker thread's bounded wait and still decided. PostgreSQL is not
+batch is handed to the worker thread's bounded wait and still decided. Once it has the lock,
+`try_execute` never lets it go and waits for it again (a discarded owned attempt opens no
+transaction; a refused owned claim retakes the lock without waiting; another retryable failure
+answers None rather than sleeping on the loop). PostgreSQL is not
 in-process: its batches keep going through the worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +25,13 @@ import pytest
 
 from conftest import assert_consistent
 from remit import batching
+from remit import engine as engine_module
 from remit.batching import AsyncBatcher
 from remit.bootstrap import open_engine
 from remit.domain.decisions import Decision
 from remit.engine import ActionInput, Engine
-from remit.store.base import Store
+from remit.store import sqlite as sqlite_store
+from remit.store.base import Store, Transaction
 
 TENANT = "t-loop"
 CONFIG = {
@@ -85,6 +91,81 @@ def test_try_execute_refuses_while_the_engine_runs_a_batch(engine: Engine) -> No
     assert engine.batches_executed == 0
     assert engine.store.try_writer_lock()  # refused before taking the store's lock, or it let it go
     engine.store.release_writer_lock()
+
+
+def _refuse_waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on every wait for the writers' lock fails the test; counts the transactions begun."""
+    original_lock = sqlite_store._Connection.lock
+    original_begin = sqlite_store.SqliteStore._begin
+    begun: list[int] = []
+
+    def lock(self: sqlite_store._Connection) -> None:
+        assert self.is_locked, "a batch on the loop's thread waited for the writers' lock"
+        original_lock(self)
+
+    def begin(self: sqlite_store.SqliteStore, *, is_read_only: bool = False) -> Transaction:
+        begun.append(1)
+        return original_begin(self, is_read_only=is_read_only)
+
+    monkeypatch.setattr(sqlite_store._Connection, "lock", lock)
+    monkeypatch.setattr(sqlite_store.SqliteStore, "_begin", begin)
+    return begun
+
+
+def test_try_execute_never_waits_for_a_lock_it_let_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once free, the lock is taken without waiting and never let go before the batch is decided:
+    a batch that is not owned opens one transaction (none for a discarded owned attempt), and
+    an owned claim that another process made stale is run again at once, taking the lock afresh."""
+    url = f"sqlite:///{tmp_path / 'owned.db'}"
+    first, other = open_engine(url), open_engine(url)  # two processes' engines on one file
+    try:
+        first.create_tenant(TENANT)
+        first.apply_config(TENANT, CONFIG)
+        batches = [_authorize(first) for _ in range(3)]
+        between = _authorize(other)  # each engine has its config before the timed part
+        waits_refused = _refuse_waits(monkeypatch)
+        for batch in batches[:2]:  # the first batch reads, the second finds it wrote last: owned from then on
+            results = first.try_execute(batch)  # type: ignore[arg-type]
+            assert results is not None and isinstance(results[0], Decision) and results[0].is_allowed
+        assert len(waits_refused) == 2, "one transaction per batch that is not owned yet"
+        assert first._states[TENANT].is_owned
+        assert other.try_execute(between) is not None  # type: ignore[arg-type]  # another process writes in between
+        waits_refused.clear()
+        results = first.try_execute(batches[2])  # type: ignore[arg-type]
+        assert results is not None and isinstance(results[0], Decision) and results[0].is_allowed
+        assert len(waits_refused) == 2, "the refused owned claim, then the ordinary batch"
+        assert first.store.try_writer_lock()  # the batch let its lock go
+        first.store.release_writer_lock()
+        monkeypatch.undo()  # the check below takes the lock the ordinary way
+        assert_consistent(first, TENANT)
+    finally:
+        first.store.close()
+        other.store.close()
+
+
+def test_try_execute_leaves_a_busy_store_to_the_callers_backoff(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retryable failure (rolled back, nothing applied) answers None at once instead of
+    sleeping on the loop's thread; the batcher looks again later."""
+    failures = [sqlite3.OperationalError("database is locked")]
+    original = engine._execute_once
+
+    def failing_once(operations: list[object]) -> list[object]:
+        if failures:
+            raise failures.pop()
+        return original(operations)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "_execute_once", failing_once)
+    sleeps: list[float] = []
+    monkeypatch.setattr(engine_module.time, "sleep", sleeps.append)
+    assert engine.try_execute(_authorize(engine)) is None  # type: ignore[arg-type]
+    assert sleeps == [] and engine.batches_executed == 0
+    assert engine.store.try_writer_lock()  # the failed attempt let its lock go
+    engine.store.release_writer_lock()
+    results = engine.try_execute(_authorize(engine))  # type: ignore[arg-type]
+    assert results is not None and isinstance(results[0], Decision) and results[0].is_allowed
+    assert_consistent(engine, TENANT)
 
 
 async def _decide_while_locked(engine: Engine) -> tuple[Decision, int, int]:
