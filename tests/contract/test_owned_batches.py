@@ -13,8 +13,10 @@ wrapped to count which claim each batch made.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import psycopg
 import pytest
 
 from conftest import FakeClock, allowed, assert_consistent, config
@@ -22,7 +24,7 @@ from remit.domain.decisions import Outcome
 from remit.engine import ActionInput, Engine
 from remit.errors import NotFound
 from remit.store.base import Store, TenantMoved, Transaction
-from remit.store.postgres import PostgresTransaction
+from remit.store.postgres import PostgresStore, PostgresTransaction
 
 CAP = {"scopes": {"ops": {"budgets": [{"meter": "usd", "limit": "10", "window": "day"}]}}}
 
@@ -112,6 +114,22 @@ def test_a_refused_owned_claim_applies_nothing(store: Store, first: Engine, cloc
         counters = tx.all_counters("t1")
     assert len(entries) == entries_before + 1, "one hold entry: the refused attempt wrote none"
     assert counters[("ops:usd:day", "")].held == 200
+    assert_consistent(first)
+
+
+def test_a_refused_owned_claim_returns_its_connection_idle(
+    store: Store, first: Engine, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On PostgreSQL the refusal comes with the commit; the connection must still go back to the
+    pool outside any transaction (the pool would otherwise warn and roll back itself)."""
+    warm(first)
+    allowed(Engine(store, clock=clock).authorize("t1", spend("1")))
+    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+        allowed(first.authorize("t1", spend("1")))
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+    if isinstance(store, PostgresStore):
+        with store._pool.connection() as connection:
+            assert connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert_consistent(first)
 
 

@@ -103,14 +103,20 @@ class PostgresTransaction(Transaction):
         self.is_open = False
 
     def rollback(self) -> None:
-        """End the transaction without applying it (whatever the pipeline still reports is moot)."""
+        """End the transaction without applying it (whatever the pipeline still reports is moot).
+
+        ROLLBACK goes in the pipeline, answered with what is still outstanding: one round trip.
+        Whatever state that leaves (the pipeline aborted, or a failed COMMIT that closed it
+        already), the server's own transaction status decides whether another ROLLBACK is due:
+        the connection goes back to the pool idle."""
         if not self.is_open:
             return
         self.is_open = False
-        if self._pipeline is None:
-            return  # nothing was begun
-        with contextlib.suppress(psycopg.Error):  # an aborted pipeline reports its error again here
-            self._end_pipeline()
+        if self._pipeline is not None:
+            with contextlib.suppress(psycopg.Error):  # an aborted pipeline reports its error again here
+                self._cursor.execute("ROLLBACK")
+            with contextlib.suppress(psycopg.Error):
+                self._end_pipeline()
         if self.connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             self.connection.execute("ROLLBACK")
 
