@@ -147,22 +147,25 @@ class AsyncBatcher:
         self, batch: list[tuple[Operation, asyncio.Future[Result]]], results: list[Result | BaseException]
     ) -> None:
         for (operation, future), result in zip(batch, results, strict=True):
-            if future.done():
-                # The caller was cancelled while its batch ran. A hold it never heard of would block
-                # room until its lease ran out, so it is released at once (queued like any request)
-                # — unless the request carried an idempotency key: its retry gets this same hold
-                # back (and a replayed answer may be another caller's live hold).
-                is_keyless = isinstance(operation, Act) and operation.idempotency_key is None
-                if is_keyless and isinstance(result, Decision) and result.reservation_id is not None:
-                    release = self.engine.release_operation(operation.tenant_id, result.reservation_id)
-                    orphan: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-                    orphan.add_done_callback(_ignore_outcome)
-                    self._enqueue(release, orphan)
+            if future.done():  # the caller was cancelled while its batch ran
+                self.release_unheard(operation, result)
                 continue
             if isinstance(result, BaseException):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    def release_unheard(self, operation: Operation, result: Result | BaseException) -> None:
+        """Release at once (queued like any request) a hold whose caller will never hear of it:
+        it would block room until its lease ran out. Not if the request carried an idempotency
+        key: its retry gets this same hold back (and a replayed answer may be another caller's
+        live hold)."""
+        is_keyless = isinstance(operation, Act) and operation.idempotency_key is None
+        if is_keyless and isinstance(result, Decision) and result.reservation_id is not None:
+            release = self.engine.release_operation(operation.tenant_id, result.reservation_id)
+            orphan: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+            orphan.add_done_callback(_ignore_outcome)
+            self._enqueue(release, orphan)
 
     async def drain(self) -> None:
         """Wait until every submitted operation has been decided (for graceful shutdown)."""

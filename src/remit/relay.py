@@ -166,8 +166,7 @@ def _portable(answer: Result | BaseException) -> Answer:
     if isinstance(answer, RemitError) or not isinstance(answer, BaseException):
         return answer
     if isinstance(answer, Exception):
-        failure = batch_failure(answer)
-        return failure if isinstance(failure, RemitError) else Unavailable(str(failure))
+        return cast(RemitError, batch_failure(answer))  # an Exception always becomes a RemitError
     return Unavailable(f"the request was not decided ({type(answer).__name__}); retry")
 
 
@@ -226,10 +225,12 @@ class RelayBatcher(AsyncBatcher):
                 reply = await read_frame(reader)
                 if reply is None:
                     raise ConnectionResetError("the engine host closed the connection")
-                if not self._in_flight:
-                    raise ConnectionError("the engine host answered a frame that was never sent")
                 answers, batch_sizes = reply
-                self._answer(self._in_flight.popleft(), [unpack_answer(answer) for answer in answers])
+                unpacked = [unpack_answer(answer) for answer in answers]
+                if not self._in_flight or len(unpacked) != len(self._in_flight[0]):
+                    # Left in flight, the frame is failed with the others by _disconnect.
+                    raise ConnectionError("the engine host's answers do not fit the frame sent")
+                self._answer(self._in_flight.popleft(), unpacked)
                 self._frame_answered.set()
                 if self.engine.batch_observer is not None:
                     for size in batch_sizes:
@@ -355,10 +356,12 @@ class EngineHost:
         """
         replies: collections.deque[tuple[asyncio.Task[None], list[asyncio.Future[Result]]]] = collections.deque()
         try:
-            while (operations := await read_frame(reader)) is not None:
-                futures = batcher.enqueue_all(_operations(operations))
+            while (payload := await read_frame(reader)) is not None:
+                operations = _operations(payload)
+                futures = batcher.enqueue_all(operations)
                 previous = replies[-1][0] if replies else None
-                task = asyncio.get_running_loop().create_task(self._reply(previous, futures, writer))
+                reply = self._reply(batcher, previous, operations, futures, writer)
+                task = asyncio.get_running_loop().create_task(reply)
                 task.add_done_callback(lambda _: replies.popleft())
                 replies.append((task, futures))
         except (OSError, EOFError):
@@ -370,19 +373,39 @@ class EngineHost:
             writer.close()
 
     async def _reply(
-        self, previous: asyncio.Task[None] | None, futures: list[asyncio.Future[Result]], writer: asyncio.StreamWriter
+        self,
+        batcher: AsyncBatcher,
+        previous: asyncio.Task[None] | None,
+        operations: list[Operation],
+        futures: list[asyncio.Future[Result]],
+        writer: asyncio.StreamWriter,
     ) -> None:
+        """Write one frame's answers once all are decided and the frame before it was answered.
+
+        If they cannot be written (the worker went away, or the frame before failed), the
+        connection is closed, so the worker fails every frame it still awaits rather than
+        pairing a later frame's answers with an earlier one; and the holds nobody will hear
+        of are released."""
         answers: list[Result | BaseException] = await asyncio.gather(*futures, return_exceptions=True)
         if previous is not None:
             await asyncio.wait([previous])  # frames are answered in the order they came
-        if writer.is_closing():
-            return
-        sizes = [self._batch_sizes.popleft() for _ in range(len(self._batch_sizes))]
         try:
-            frame = encode_frame(([pack_answer(_portable(answer)) for answer in answers], sizes))
-        except Overloaded as error:  # the worker still hears of each request, in order
-            frame = encode_frame(([error] * len(answers), sizes))
-        writer.write(frame)
+            if writer.is_closing():  # the worker went, or a frame before this one was not written
+                raise ConnectionAbortedError("the answers cannot be written")
+            sizes = [self._batch_sizes.popleft() for _ in range(len(self._batch_sizes))]
+            try:
+                frame = encode_frame(([pack_answer(_portable(answer)) for answer in answers], sizes))
+            except Overloaded as error:  # the worker still hears of each request, in order
+                frame = encode_frame(([error] * len(answers), sizes))
+            writer.write(frame)
+        except BaseException as error:
+            writer.close()  # so every later frame of this worker lands here too
+            for operation, answer in zip(operations, answers, strict=True):
+                batcher.release_unheard(operation, answer)
+            if not isinstance(error, Exception):
+                raise
+            if not isinstance(error, ConnectionAbortedError):
+                log.error("the answers to a worker's frame could not be sent: %r", error)
 
 
 def _operations(payload: object) -> list[Operation]:

@@ -5,7 +5,9 @@ How: a real `EngineHost` (its own thread, store and event loop) on a Unix socket
 batchers share one capped budget: exactly the cap is allowed, every answer is in the ledger,
 counters match it. Errors come back with their codes; a host that cannot be reached answers
 `unavailable`; a worker that goes away before the host answered leaves no hold behind (the
-tenant is kept locked meanwhile, so the host cannot answer first).
+tenant is kept locked meanwhile, so the host cannot answer first). Answers the host cannot
+send close the stream: no later frame's answers reach the wrong callers, and the holds nobody
+heard of are released; a reply that does not fit its frame fails that frame's callers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import config
+from remit import relay
 from remit.bootstrap import open_store
 from remit.domain.decisions import Decision, Outcome
 from remit.engine import ActionInput, Engine
@@ -142,3 +145,82 @@ def test_a_worker_gone_before_its_answers_leaves_no_hold(local: Engine, host: En
         assert time.monotonic() < deadline, f"holds left behind: {kinds}"
         time.sleep(0.05)
     assert local.check("t1").is_consistent
+
+
+def test_answers_that_cannot_be_sent_close_the_stream_and_release_their_holds(
+    local: Engine, host: EngineHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first frame's answers fail to encode: nothing of it, nor of the frame behind it, is
+    written (the worker pairs answers with frames by order alone), the connection closes, and
+    every hold granted for either frame is released."""
+    calls: list[int] = []
+    pack_answer = relay.pack_answer
+
+    def pack_failing_once(answer: relay.Answer) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("cannot encode")
+        return pack_answer(answer)
+
+    monkeypatch.setattr(relay, "pack_answer", pack_failing_once)
+    first = [pack_operation(local.authorize_operation("t1", spend())) for _ in range(3)]
+    second = [pack_operation(local.authorize_operation("t1", spend())) for _ in range(2)]
+
+    async def send_both() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_unix_connection(host.path)
+        writer.write(encode_frame(first) + encode_frame(second))
+        await writer.drain()
+        return reader, writer
+
+    async def scenario() -> bytes:
+        with local.store.transaction() as tx:  # both frames are read before either is decided
+            tx.lock_tenants(["t1"])
+            reader, writer = await send_both()
+            await asyncio.sleep(0.3)
+        received = await asyncio.wait_for(reader.read(), 10)  # until the host closes
+        writer.close()
+        return received
+
+    assert asyncio.run(scenario()) == b"", "no answers written after the failed frame"
+    deadline = time.monotonic() + 10
+    while True:
+        with local.store.transaction(is_read_only=True) as tx:
+            kinds = [entry.kind.value for entry in tx.ledger_entries("t1")]
+            held = tx.count_held()
+        if kinds.count("hold") == 5 and kinds.count("release") == 5 and held == 0:
+            break
+        assert time.monotonic() < deadline, f"holds left behind: {kinds}"
+        time.sleep(0.05)
+    assert local.check("t1").is_consistent
+
+
+def test_a_reply_that_does_not_fit_fails_its_callers_instead_of_hanging(local: Engine, tmp_path: Path) -> None:
+    """A host whose reply holds fewer answers than the frame had requests: every caller of the
+    frame hears `unavailable`; none is left waiting."""
+    path = str(tmp_path / "short.sock")
+
+    handled: list[asyncio.Task[None] | None] = []
+
+    async def short_host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handled.append(asyncio.current_task())
+        try:
+            while await relay.read_frame(reader) is not None:
+                writer.write(encode_frame(([], [])))
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def scenario() -> list[BaseException | Decision]:
+        server = await asyncio.start_unix_server(short_host, path=path)
+        worker = RelayBatcher(local, path)
+        try:
+            calls = [worker.authorize("t1", spend()) for _ in range(3)]
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        finally:
+            worker.close()
+            server.close()
+            await asyncio.gather(*[task for task in handled if task is not None])
+
+    answers = asyncio.run(scenario())
+    assert [type(answer) for answer in answers] == [Unavailable] * 3
