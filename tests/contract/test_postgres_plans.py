@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import psycopg
 import pytest
 
 from conftest import FakeClock, allowed, config
 from remit.bootstrap import open_store
 from remit.engine import ActionInput, Engine
+from remit.store.base import load_statements
 
 HISTORY_ROWS = 30_000
 """Reservations added behind the connections' backs; one full scan reads at least this many."""
@@ -78,3 +80,30 @@ def test_commits_find_reservations_by_key_after_the_table_grew(pg_url: str) -> N
     assert read["idx_tup_fetch"] > 0, read  # the statistics were collected: the bounds below mean something
     assert read["seq_tup_read"] < HISTORY_ROWS, read
     assert read["idx_tup_fetch"] < HISTORY_ROWS, read
+
+
+@pytest.mark.postgres
+def test_an_owned_claim_locks_its_tenants_by_key_in_id_order(pg_url: str) -> None:
+    """Among thousands of tenants, the owned claim finds its rows by key and locks them in id
+    order (LockRows over the primary key), as the ordinary claim does: no scan of the table."""
+    open_store(pg_url).close()  # migrated
+    claim = load_statements("postgres")["claim_owned_tenants"]
+    with psycopg.connect(pg_url, autocommit=True, options="-c plan_cache_mode=force_custom_plan") as connection:
+        connection.execute(
+            "INSERT INTO tenants (tenant_id, write_seq, config_version, created_at_us, next_due_us, lineage, config,"
+            " name, timezone) SELECT 't' || g, 1, 1, 0, 0, '', '', '', 'UTC' FROM generate_series(1, 5000) AS g"
+        )
+        connection.execute("ANALYZE tenants")
+        rows = [["t17", 1, 1], ["t4242", 1, 1]]
+        with connection.transaction(force_rollback=True):
+            plan = "\n".join(
+                line
+                for (line,) in connection.execute(
+                    "EXPLAIN (COSTS OFF) " + claim, ([row[0] for row in rows], orjson.dumps(rows).decode(), 2)
+                )
+            )
+            connection.execute(claim, ([row[0] for row in rows], orjson.dumps(rows).decode(), 2))  # claims both
+    assert "Seq Scan on tenants" not in plan, plan
+    assert "LockRows" in plan, plan
+    # Rows come to LockRows in the primary key's order (ORDER BY tenant_id), hence no Sort.
+    assert "Index Scan using tenants_pkey on tenants" in plan.split("LockRows", 1)[1], plan

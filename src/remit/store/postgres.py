@@ -83,7 +83,7 @@ class PostgresTransaction(Transaction):
         # Sent, not awaited: the statement fails the transaction itself if a tenant moved, and
         # its answer comes with the writes' and the commit's (see commit).
         rows = sorted(claims)
-        self._send("claim_owned_tenants", (dumps([list(row) for row in rows]), len(rows)))
+        self._send("claim_owned_tenants", ([row[0] for row in rows], dumps([list(row) for row in rows]), len(rows)))
 
     def _pipelined(self) -> psycopg.Cursor[Any]:
         """The transaction's cursor, in pipeline mode and inside the transaction from the first

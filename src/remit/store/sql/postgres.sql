@@ -19,10 +19,14 @@ RETURNING t.tenant_id, t.config_version, t.write_seq - 1, t.next_due_us;
 -- An owned batch's claim (Engine._execute_owned): each write_seq moves on if it is still the one
 -- this engine wrote and the config the one it decides with; if any is not, remit_tenant_moved()
 -- fails the transaction, so what the pipeline sent behind this statement is never applied.
+-- The rows are locked in id order first, by key, as claim_tenants does (the ids come again as
+-- an array for that), so that writers of several tenants cannot deadlock.
 WITH claimed AS (
     UPDATE tenants AS t SET write_seq = t.write_seq + 1
-    FROM jsonb_array_elements(%s::jsonb) AS k(r)
-    WHERE t.tenant_id = k.r->>0 AND t.write_seq = (k.r->>1)::bigint AND t.config_version = (k.r->>2)::bigint
+    FROM (SELECT tenant_id FROM tenants WHERE tenant_id = ANY(%s) ORDER BY tenant_id FOR UPDATE) AS l,
+         jsonb_array_elements(%s::jsonb) AS k(r)
+    WHERE t.tenant_id = l.tenant_id AND k.r->>0 = l.tenant_id
+      AND t.write_seq = (k.r->>1)::bigint AND t.config_version = (k.r->>2)::bigint
     RETURNING t.tenant_id)
 SELECT remit_tenant_moved() FROM (SELECT count(*) AS n FROM claimed) AS c WHERE c.n <> %s;
 
