@@ -109,8 +109,8 @@ def unpack_operation(packed: Any) -> Operation:
         if not isinstance(packed, Act | Resolve):
             raise ConnectionError(f"a relay frame holds a {type(packed).__name__}, not an operation")
         return packed
-    _, tenant_id, (name, scope, agent_priority, owner), action, amounts, touches, task, context, *rest = packed
-    priority, lease_us, idempotency_key, fingerprint, is_usage = rest
+    (_, tenant_id, (name, scope, agent_priority, owner), action, amounts, touches, task, context,
+     priority, lease_us, idempotency_key, fingerprint, is_usage) = packed  # fmt: skip
     return Act(
         tenant_id,
         Agent(name, scope, Priority(agent_priority), owner),
