@@ -57,6 +57,20 @@ def spend(usd: str = "1.00") -> ActionInput:
     return ActionInput(agent="a1", action="ops.run", amounts={"usd": usd})
 
 
+def assert_all_released(local: Engine, holds: int) -> None:
+    """Within 10 s the ledger shows `holds` holds, each released, none live, counters matching."""
+    deadline = time.monotonic() + 10
+    while True:
+        with local.store.transaction(is_read_only=True) as tx:
+            kinds = [entry.kind.value for entry in tx.ledger_entries("t1")]
+            held = tx.count_held()
+        if kinds.count("hold") == holds and kinds.count("release") == holds and held == 0:
+            break
+        assert time.monotonic() < deadline, f"holds left behind: {kinds}"
+        time.sleep(0.05)
+    assert local.check("t1").is_consistent
+
+
 def test_two_workers_share_one_cap_exactly(local: Engine, host: EngineHost) -> None:
     async def scenario() -> list[Decision]:
         workers = [RelayBatcher(local, host.path), RelayBatcher(local, host.path)]
@@ -135,16 +149,7 @@ def test_a_worker_gone_before_its_answers_leaves_no_hold(local: Engine, host: En
         tx.lock_tenants(["t1"])
         asyncio.run(send_and_leave())
         time.sleep(0.5)
-    deadline = time.monotonic() + 10
-    while True:
-        with local.store.transaction(is_read_only=True) as tx:
-            kinds = [entry.kind.value for entry in tx.ledger_entries("t1")]
-            held = tx.count_held()
-        if kinds.count("hold") == 5 and kinds.count("release") == 5 and held == 0:
-            break
-        assert time.monotonic() < deadline, f"holds left behind: {kinds}"
-        time.sleep(0.05)
-    assert local.check("t1").is_consistent
+    assert_all_released(local, holds=5)
 
 
 def test_answers_that_cannot_be_sent_close_the_stream_and_release_their_holds(
@@ -182,16 +187,7 @@ def test_answers_that_cannot_be_sent_close_the_stream_and_release_their_holds(
         return received
 
     assert asyncio.run(scenario()) == b"", "no answers written after the failed frame"
-    deadline = time.monotonic() + 10
-    while True:
-        with local.store.transaction(is_read_only=True) as tx:
-            kinds = [entry.kind.value for entry in tx.ledger_entries("t1")]
-            held = tx.count_held()
-        if kinds.count("hold") == 5 and kinds.count("release") == 5 and held == 0:
-            break
-        assert time.monotonic() < deadline, f"holds left behind: {kinds}"
-        time.sleep(0.05)
-    assert local.check("t1").is_consistent
+    assert_all_released(local, holds=5)
 
 
 def test_a_reply_that_does_not_fit_fails_its_callers_instead_of_hanging(local: Engine, tmp_path: Path) -> None:
