@@ -212,7 +212,7 @@ class Engine:
         """The tenant's config as this process last loaded it (loaded now if never)."""
         tenant = self._configs.get(tenant_id)
         if tenant is None:
-            with self.store.transaction() as tx:
+            with self.store.transaction(is_read_only=True) as tx:  # one row read: no writers' lock
                 tenant = self._load_tenant(tx, tenant_id)
         return tenant
 
