@@ -1,19 +1,17 @@
 """The server's SQLite checkpoint: past WAL_RESTART_FRAMES it finishes under the writers' lock,
 so that the next writer starts the WAL afresh; below that it never waits for the lock.
 
-How: an engine on a fresh file writes a few authorize → commit pairs. The test holds the
-writers' lock itself (`flock` on `<file>-writer.lock`, as another server process would) and
-runs `SqliteStore.checkpoint` in a thread. Over the threshold (lowered to 1 frame) the checkpoint
-is still waiting 0.3 s later and ends once the lock is released; then one more write, and a
-passive checkpoint from another connection reports only that write's frames in the WAL: it
-started afresh. Under the threshold (raised past the WAL's size) the checkpoint ends at once,
-although the lock is held.
+How: an engine on a fresh file writes a few authorize → commit pairs. The test's thread takes
+the writers' lock on its own connection (`Store.try_writer_lock`, the `flock` another server
+process would hold) and runs `SqliteStore.checkpoint` in another thread. Over the threshold
+(lowered to 1 frame) the checkpoint is still waiting 0.3 s later and ends once the lock is
+released; then one more write, and a passive checkpoint from another connection reports only
+that write's frames in the WAL: it started afresh. Under the threshold (raised past the WAL's
+size) the checkpoint ends at once, although the lock is held.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -69,18 +67,6 @@ def wal_frames(database: Path) -> int:
         connection.close()
 
 
-class HeldWritersLock:
-    """The writers' lock taken as another process would take it."""
-
-    def __init__(self, database: Path) -> None:
-        self.fd = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-
-
 def checkpoint_in_thread(engine: Engine) -> tuple[threading.Thread, list[BaseException]]:
     errors: list[BaseException] = []
 
@@ -100,13 +86,13 @@ def test_past_the_threshold_the_checkpoint_finishes_under_the_lock_and_the_wal_r
 ) -> None:
     monkeypatch.setattr(sqlite_store, "WAL_RESTART_FRAMES", 1)
     write_pairs(engine, 20)
-    held = HeldWritersLock(database)
+    assert engine.store.try_writer_lock()
     try:
         thread, errors = checkpoint_in_thread(engine)
         thread.join(WAIT_SECONDS)
         assert thread.is_alive(), "over the threshold, the checkpoint waits for the writers' lock"
     finally:
-        held.release()
+        engine.store.release_writer_lock()
     thread.join(FINISH_SECONDS_MAX)
     assert not thread.is_alive() and not errors, errors
     frames_before = wal_frames(database)
@@ -121,11 +107,11 @@ def test_under_the_threshold_the_checkpoint_never_waits_for_the_lock(
 ) -> None:
     write_pairs(engine, 20)
     monkeypatch.setattr(sqlite_store, "WAL_RESTART_FRAMES", wal_frames(database) + 1_000)
-    held = HeldWritersLock(database)
+    assert engine.store.try_writer_lock()
     try:
         thread, errors = checkpoint_in_thread(engine)
         thread.join(FINISH_SECONDS_MAX)
         assert not thread.is_alive(), "under the threshold, the checkpoint ended although the lock is held"
         assert not errors, errors
     finally:
-        held.release()
+        engine.store.release_writer_lock()
