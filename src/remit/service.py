@@ -23,7 +23,7 @@ from remit.domain.tenant import TenantConfig, agent_scope
 from remit.domain.windows import US_PER_SECOND, BoundsCache, parse_window
 from remit.engine import Engine
 from remit.errors import Conflict, InvalidRequest, NotFound, Overloaded, Unauthorized
-from remit.keys import KEY_PREFIX, NewKey, Principal, Role, display_prefix, new_key, parse_key, secret_matches
+from remit.keys import NewKey, Principal, Role, display_prefix, new_key, parse_key, secret_matches
 from remit.limits import (
     BURN_RATE_ENTRIES_MAX,
     CONFIG_EDIT_ATTEMPTS_MAX,
@@ -126,8 +126,9 @@ class Service:
         if cached is None or cached[2] <= time.monotonic():
             return None
         if not secret_matches(secret, cached[0]):
-            # Perhaps rotated by another process since this one cached it: read the key again.
-            self._forget_key(key_id)
+            # Perhaps rotated by another process since this one cached it: `authenticate` reads
+            # the key again, and caches it if this secret is its new one. A wrong secret leaves
+            # the cached key as it is (key ids are not secret: a guess must not evict the key).
             return None
         return cached[1]
 
@@ -505,15 +506,6 @@ class Service:
             )
         next_cursor = str(entries[-1].id) if len(entries) == limit and entries[-1].id is not None else None
         return {"entries": [_entry_json(tenant, e) for e in entries], "next_cursor": next_cursor}
-
-
-def bearer_key_id(authorization: str | None) -> str:
-    """The key id of an Authorization header ("" for a missing or malformed one: one shared bucket)."""
-    if not authorization:
-        return ""
-    _, _, text = authorization.partition(" ")
-    text = text.strip()
-    return text[3:19] if text.startswith(KEY_PREFIX) and len(text) > 19 else ""
 
 
 def _bearer(authorization: str | None) -> tuple[str, str]:

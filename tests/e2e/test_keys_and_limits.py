@@ -137,3 +137,23 @@ def test_past_the_rate_limit_a_key_gets_429_and_balances_do_not_move(tmp_path: P
         held = httpx.get(f"{server.url}/v1/headroom", params={"scope": "sales"}, headers=auth(admin)).json()
         month = next(b for b in held["budgets"] if b["budget"] == "sales:usd:month")
         assert month["held"] == f"{statuses.count(200)}.00"
+
+
+def test_wrong_secrets_for_a_key_id_do_not_use_up_that_key(tmp_path: Path) -> None:
+    """Key ids are not secret (listings, `prefix`): wrong secrets count against the sender's
+    address, never against the real key, and past that address's limit they get 429 unread."""
+    with fresh_database("sqlite", tmp_path) as url, running(url, tmp_path, extra_args=("--rate-limit", "2")) as server:
+        bot = server.agent_keys["bot-7"]
+        key_id = bot.split("_")[1]
+        forged = f"rk_{key_id}_{'A' * (len(bot) - len(key_id) - 4)}"
+        with httpx.Client(base_url=server.url, headers=auth(bot)) as client:
+            assert client.get("/v1/whoami").status_code == 200  # checked and cached: 1 of its burst of 4
+            with httpx.Client(base_url=server.url, headers=auth(forged)) as guesser:
+                guesses = [guesser.get("/v1/whoami") for _ in range(8)]
+            statuses = [answer.status_code for answer in guesses]
+            assert statuses[:4] == [401] * 4, statuses  # the address's burst: twice the rate
+            assert statuses[-1] == 429, statuses
+            assert "invalid keys from this address" in error_of(guesses[-1])["message"]
+            # The real key still has the rest of its own burst, and is still cached (no read
+            # that the address's empty bucket would refuse).
+            assert [client.get("/v1/whoami").status_code for _ in range(3)] == [200] * 3

@@ -44,3 +44,19 @@ def test_keys_have_their_own_buckets_and_a_bucket_never_exceeds_its_burst(clock:
     limiter.take("a")
     with pytest.raises(RateLimited):
         limiter.take("a")
+
+
+def test_check_spends_nothing_and_charge_never_refuses_or_goes_below_empty(clock: list[float]) -> None:
+    limiter = RateLimiter(requests_per_second=1, burst=2)
+    for _ in range(5):
+        limiter.check("client 10.0.0.1")  # looking is free
+    limiter.charge("client 10.0.0.1")
+    limiter.charge("client 10.0.0.1")
+    limiter.charge("client 10.0.0.1")  # already empty: no error, and no debt below empty
+    with pytest.raises(RateLimited, match="requests/s with invalid keys; retry in 1s"):
+        limiter.check("client 10.0.0.1", what="with invalid keys")
+    clock[0] += 1  # one second refills one request, not one less (the third charge made no debt)
+    limiter.check("client 10.0.0.1")
+    limiter.take("client 10.0.0.1")
+    with pytest.raises(RateLimited):
+        limiter.take("client 10.0.0.1")

@@ -29,7 +29,7 @@ from remit.api.metrics import Metrics
 from remit.api.ratelimit import RateLimiter
 from remit.api.requestlog import RequestLogWriter
 from remit.batching import AsyncBatcher
-from remit.errors import InvalidRequest, RemitError
+from remit.errors import InvalidRequest, RemitError, Unauthorized
 from remit.keys import Principal
 from remit.limits import (
     EXPIRY_SWEEP_SECONDS_DEFAULT,
@@ -38,7 +38,7 @@ from remit.limits import (
     REQUESTS_PER_KEY_PER_SECOND_DEFAULT,
 )
 from remit.relay import RelayBatcher
-from remit.service import Service, bearer_key_id
+from remit.service import Service
 from remit.upkeep import start_upkeep
 from remit.wire import (
     action_input,
@@ -122,13 +122,27 @@ class Api:
 
     async def principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization")
-        if self.rate_limiter is not None:
-            self.rate_limiter.take(bearer_key_id(header))
         principal = self.service.cached_principal(header)
         if principal is None:
-            principal = await run_in_threadpool(self.service.authenticate, header)
+            principal = await self._authenticate(request, header)
+        if self.rate_limiter is not None:
+            self.rate_limiter.take(principal.key_id)  # only once checked: key ids are not secret
         request.state.tenant = principal.tenant_id
         return principal
+
+    async def _authenticate(self, request: Request, header: str | None) -> Principal:
+        """A key this process has not checked lately, read from the store. Failed checks are
+        counted per client address; past that address's limit its unchecked keys get 429, unread."""
+        limiter = self.rate_limiter
+        client = f"client {_client_host(request.scope)}"
+        if limiter is not None:
+            limiter.check(client, what="with invalid keys from this address")
+        try:
+            return await run_in_threadpool(self.service.authenticate, header)
+        except Unauthorized:
+            if limiter is not None:
+                limiter.charge(client)
+            raise
 
     # -- decisions ------------------------------------------------------------------------------
     async def authorize(self, request: Request) -> Response:

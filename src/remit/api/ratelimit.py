@@ -1,9 +1,11 @@
 """Rate limiting of the API itself: a token bucket per API key id, per server process.
 
 This is the only source of `429 rate_limited`. It guards the service (a runaway agent loop, a
-key-guessing client) — budgets are what bound agents' actions, and they deny with 200. The
-bucket is keyed by the key id as written in the request, before the key is checked, so
-invalid keys cost no store read once their bucket is empty.
+client sending invalid keys) — budgets are what bound agents' actions, and they deny with 200.
+A key's bucket is spent only once the key has been checked: key ids are not secret (they show
+in listings and the `prefix` field), so a request with a wrong secret must not use up the real
+key's requests. Failed checks are counted per client address instead; once an address's bucket
+is empty, its keys that are not cached get 429 without a store read (`remit.api.app`).
 """
 
 from __future__ import annotations
@@ -24,23 +26,35 @@ class RateLimited(RemitError):
 
 
 class RateLimiter:
-    """`requests_per_second` sustained, `burst` at once, per key id. Event-loop thread only."""
+    """`requests_per_second` sustained, `burst` at once, per bucket (a key id, a client address).
+    Event-loop thread only."""
 
     def __init__(self, requests_per_second: float, burst: float) -> None:
         self.rate = requests_per_second
         self.burst = burst
         self._buckets: dict[str, tuple[float, float]] = {}
-        """key id → (tokens, monotonic time of that count)."""
+        """bucket → (tokens, monotonic time of that count)."""
 
-    def take(self, key_id: str) -> None:
-        now = time.monotonic()
-        tokens, at = self._buckets.get(key_id, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
+    def take(self, bucket: str, *, what: str = "with this key") -> None:
+        """Spend one request of `bucket`, or refuse with RateLimited if it has none left."""
+        self.check(bucket, what=what)
+        self.charge(bucket)
+
+    def check(self, bucket: str, *, what: str = "with this key") -> None:
+        """Refuse with RateLimited if `bucket` has no request left; spend nothing."""
+        tokens, _ = self._refilled(bucket)
         if tokens < 1:
             wait_seconds = max(1, math.ceil((1 - tokens) / self.rate))
-            raise RateLimited(
-                f"more than {self.rate:g} requests/s with this key; retry in {wait_seconds}s", wait_seconds
-            )
-        if len(self._buckets) >= KEY_CACHE_SIZE_MAX and key_id not in self._buckets:
+            raise RateLimited(f"more than {self.rate:g} requests/s {what}; retry in {wait_seconds}s", wait_seconds)
+
+    def charge(self, bucket: str) -> None:
+        """Spend one request of `bucket` if it has one (never below empty; never refuses)."""
+        tokens, now = self._refilled(bucket)
+        if len(self._buckets) >= KEY_CACHE_SIZE_MAX and bucket not in self._buckets:
             self._buckets.clear()  # bounded memory; a cleared bucket starts full, which only forgives
-        self._buckets[key_id] = (tokens - 1, now)
+        self._buckets[bucket] = (max(0.0, tokens - 1), now)
+
+    def _refilled(self, bucket: str) -> tuple[float, float]:
+        now = time.monotonic()
+        tokens, at = self._buckets.get(bucket, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.rate), now
