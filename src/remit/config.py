@@ -127,13 +127,20 @@ def load_file(path: str | Path) -> dict[str, Any]:
         document = yaml.safe_load(raw)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(
-            f"{file}:{where}: not valid YAML: {problem}", [{"path": "", "message": str(problem)}]
+            f"{file}:{where} not valid YAML: {problem}", [{"path": "", "message": str(problem)}]
         ) from None
+    except RecursionError:
+        raise ConfigError(f"{file}: nested too deeply", [{"path": "", "message": "nested too deeply"}]) from None
     if document is None:
-        document = {}
+        # Applied, an empty config removes every meter, scope, agent and budget (and revokes the
+        # agents' keys): that must be written on purpose, as `{}`, as PUT /v1/config requires.
+        raise ConfigError(
+            f"{file}: the file holds no config; write one (or {{}} to remove everything)",
+            [{"path": "", "message": "empty"}],
+        )
     if not isinstance(document, dict):
         raise ConfigError(f"{file}: the document must be a mapping", [{"path": "", "message": "not a mapping"}])
     return document
@@ -238,14 +245,20 @@ def config_error(source: str, problems: list[dict[str, str]]) -> ConfigError:
     return ConfigError(f"{source}: {first['path']}: {first['message']}{more}", problems)
 
 
+def is_known_timezone(name: str) -> bool:
+    """Whether `name` is an IANA time zone this machine knows (calendar windows are cut in it)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _check(model: ConfigDoc, problems: list[dict[str, str]]) -> None:
     def problem(path: str, message: str) -> None:
         problems.append({"path": path, "message": message})
 
-    try:
-        if model.tenant.timezone is not None:
-            ZoneInfo(model.tenant.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    if model.tenant.timezone is not None and not is_known_timezone(model.tenant.timezone):
         problem("tenant.timezone", f"unknown IANA time zone {model.tenant.timezone!r}")
     for name, meter in model.meters.items():
         if not _NAME.match(name) or len(name) > NAME_LENGTH_MAX:

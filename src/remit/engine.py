@@ -102,6 +102,9 @@ class Engine:
     # == tenants and configuration ==============================================================
     def create_tenant(self, tenant_id: str, *, name: str | None = None, timezone: str = "UTC") -> None:
         check_name(tenant_id, "tenant")
+        if not config_io.is_known_timezone(timezone):
+            # A tenant made with it could never load its config: every request would fail.
+            raise InvalidRequest(f"unknown IANA time zone {timezone!r}", code="invalid_field", field="timezone")
         with self.store.transaction() as tx:
             tx.create_tenant(tenant_id, name or tenant_id, timezone, self.clock())
             tx.commit()

@@ -288,6 +288,8 @@ def config_from_yaml(text: str | bytes) -> object:
         raise InvalidRequest(
             f"the body is not valid YAML: {' '.join(str(error).split())}", code="invalid_json"
         ) from None
+    except RecursionError:
+        raise InvalidRequest("the body is not valid YAML: nested too deeply", code="invalid_json") from None
 
 
 def check_json(report: CheckReport) -> dict[str, Any]:

@@ -655,6 +655,13 @@ def test_unparseable_config_bodies_are_refused(deployment: Deployment) -> None:
     )
     assert broken_yaml.status_code == 400 and error_of(broken_yaml)["code"] == "invalid_json"
     assert "line" in error_of(broken_yaml)["message"]
+    too_deep = admin.put(
+        "/v1/config", content=b"meters: " + b"[" * 5000 + b"]" * 5000, headers={"content-type": "application/yaml"}
+    )
+    assert too_deep.status_code == 400 and error_of(too_deep)["code"] == "invalid_json"
+    assert "nested too deeply" in error_of(too_deep)["message"]
+    no_config = admin.put("/v1/config", content=b"# nothing\n", headers={"content-type": "application/yaml"})
+    assert no_config.status_code == 400 and error_of(no_config)["code"] == "invalid_request"
     broken_json = admin.put("/v1/config", content=b"{", headers={"content-type": "application/json"})
     assert broken_json.status_code == 400 and error_of(broken_json)["code"] == "invalid_json"
     not_a_map = admin.put("/v1/config", json=["meters"])

@@ -398,3 +398,14 @@ def test_bad_server_input_is_one_line(server: RemitServer, tmp_path: Path) -> No
     one_line_error(unreachable, "cannot reach")
     one_line_error(not_a_url, "not a url")
     one_line_error(invalid_file, "bad.yaml", "scopes.ops.budgets[0].window", "hourly")
+
+
+def test_init_with_an_unknown_time_zone_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    refused = remit("init", "--database-url", url, "--tenant", "mars", "--timezone", "Mars/Olympus")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == ["remit: unknown IANA time zone 'Mars/Olympus'"], refused.stderr
+    assert "rk_" not in refused.stdout
+    created = remit("init", "--database-url", url, "--tenant", "mars", "--timezone", "Europe/Paris")
+    assert created.returncode == 0, created.stderr
+    assert re.search(r"^admin key: rk_\S+$", created.stdout, re.MULTILINE), created.stdout  # the tenant was new

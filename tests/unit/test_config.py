@@ -277,9 +277,26 @@ def test_document_must_be_a_mapping(tmp_path: Path) -> None:
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_file(path)
-    empty = tmp_path / "empty.yaml"
-    empty.write_text("# nothing yet\n")
-    assert load_file(empty) == {}
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# nothing yet\n", "---\n"])
+def test_a_file_with_no_config_is_refused(tmp_path: Path, text: str) -> None:
+    """Applied, it would remove everything and revoke every agent key: `{}` says that on purpose."""
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"holds no config; write one \(or \{\} to remove everything\)"):
+        load_file(path)
+    path.write_text("{}\n")
+    assert load_file(path) == {}
+
+
+@pytest.mark.parametrize("text", ["meters: " + "[" * 5000 + "]" * 5000, "[" * 100_000 + "]" * 100_000])
+def test_a_file_nested_too_deeply_is_a_config_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="nested too deeply") as caught:
+        load_file(path)
+    assert caught.value.message.startswith(f"{path}:")
 
 
 def test_json_is_yaml(tmp_path: Path) -> None:
