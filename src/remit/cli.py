@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import importlib
 import json
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -626,12 +628,36 @@ def _print_new_key(row: Mapping[str, Any], as_json: bool) -> None:
     print(f"key: {row['key']}")
 
 
+def _click_exceptions() -> ModuleType:
+    """The exceptions typer raises for bad usage: those of its own copy of click (newer typers)
+    or of click itself."""
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:  # pragma: no cover - a typer that uses click directly
+        return importlib.import_module("click.exceptions")
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the console script; usage errors exit 2 with one line."""
+    errors = _click_exceptions()
     try:
-        return app(args=argv, standalone_mode=True)
+        result = app(args=argv, standalone_mode=False)
+    except errors.NoArgsIsHelpError as error:  # `remit` or `remit keys` alone: the help
+        print(error.ctx.get_help())
+        sys.exit(0)
+    except errors.UsageError as error:
+        # A bad option, argument or command: one line, as every other error (not click's box).
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+        print(f"remit: {' '.join(error.format_message().split())}{hint}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:  # Ctrl-C or end of input at a prompt
+        print("remit: interrupted", file=sys.stderr)
+        sys.exit(130)
     except RemitError as error:  # pragma: no cover - commands map these themselves
-        raise _fail(error.message) from None
+        print(f"remit: {' '.join(error.message.split())}", file=sys.stderr)
+        sys.exit(2)
+    # Out of standalone mode click returns the exit code of typer.Exit and --help, not exits.
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":

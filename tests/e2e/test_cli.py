@@ -409,3 +409,28 @@ def test_init_with_an_unknown_time_zone_is_one_line_and_creates_nothing(tmp_path
     created = remit("init", "--database-url", url, "--tenant", "mars", "--timezone", "Europe/Paris")
     assert created.returncode == 0, created.stderr
     assert re.search(r"^admin key: rk_\S+$", created.stdout, re.MULTILINE), created.stdout  # the tenant was new
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("ledger", "--limit", "0"), "remit: Invalid value for '--limit'"),
+        (("keys", "create", "--role", "boss"), "remit: Invalid value for '--role'"),
+        (("apply",), "remit: Missing argument 'file'"),
+        (("bogus",), "remit: No such command 'bogus'"),
+        (("serve", "--port", "abc"), "remit: Invalid value for '--port'"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(args: tuple[str, ...], expected: str) -> None:
+    result = remit(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert "--help" in lines[0] and "╭" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [(), ("--help",), ("keys",), ("ledger", "--help")])
+def test_help_is_exit_0_on_stdout(args: tuple[str, ...]) -> None:
+    result = remit(*args)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout and "[OPTIONS]" in result.stdout and result.stderr == ""
