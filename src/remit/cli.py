@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 import importlib
 import json
+import logging
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -86,8 +87,15 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False))
 
 
+def _quiet_pool_logs() -> None:
+    """A one-shot command reports a store it cannot open in its own line; psycopg's pool would
+    also log each failed connection attempt to stderr (a server keeps those: they are its log)."""
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+
+
 @contextmanager
 def _engine(database_url: str) -> Iterator[Engine]:
+    _quiet_pool_logs()
     try:
         engine = open_engine(database_url)
     except RemitError as error:
@@ -119,6 +127,8 @@ def _connect(
     if server is not None and not key:
         raise _fail("--url needs --key (or REMIT_KEY): an API key such as rk_…")
     where = server or redact(database_url)
+    if server is None:
+        _quiet_pool_logs()
     connection: Client | Local
     try:
         connection = (

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import PG_ADMIN_URL, require_postgres
 from e2e.servers import RemitServer, free_port, running
 from remit.bootstrap import open_engine
 from remit.cli import app
@@ -434,3 +435,15 @@ def test_help_is_exit_0_on_stdout(args: tuple[str, ...]) -> None:
     result = remit(*args)
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout and "[OPTIONS]" in result.stdout and result.stderr == ""
+
+
+def test_a_postgresql_database_that_does_not_exist_is_one_line() -> None:
+    """psycopg's pool logs each failed connection; the CLI says it once, in its own words."""
+    require_postgres()
+    missing = PG_ADMIN_URL.rsplit("/", 1)[0] + "/remit_no_such_database"
+    for command in (("status",), ("check",)):
+        result = remit(*command, "--database-url", missing)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("remit: cannot open"), result.stderr
+        assert "remit_no_such_database" in lines[0]
