@@ -14,6 +14,13 @@ from remit.store.base import Store
 DEFAULT_DATABASE_URL = "sqlite:///remit.db"
 
 
+def sqlite_path(database_url: str) -> Path | None:
+    """The file of a SQLite URL (`sqlite:///path` or a bare path), None for any other URL."""
+    if database_url.startswith("sqlite:///") or "://" not in database_url:
+        return Path(database_url.removeprefix("sqlite:///"))
+    return None
+
+
 def open_store(database_url: str = DEFAULT_DATABASE_URL, *, migrate: bool = True) -> Store:
     """`sqlite:///path/to/file.db` (or a bare path) or `postgresql://…`; migrated unless told not to."""
     store: Store
@@ -24,11 +31,10 @@ def open_store(database_url: str = DEFAULT_DATABASE_URL, *, migrate: bool = True
             store = PostgresStore(database_url)
         except Exception as error:
             raise Unavailable(f"cannot open {redact(database_url)}: {_first_line(error)}") from error
-    elif database_url.startswith("sqlite:///") or "://" not in database_url:
+    elif (path := sqlite_path(database_url)) is not None:
         from remit.store.sqlite import SqliteStore
 
-        path = database_url.removeprefix("sqlite:///")
-        store = SqliteStore(Path(path))
+        store = SqliteStore(path)
     else:
         raise InvalidRequest(
             f"unsupported database URL {database_url!r}: use sqlite:///FILE or postgresql://…",

@@ -30,7 +30,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from remit.bootstrap import DEFAULT_DATABASE_URL, open_engine, redact
+from remit.bootstrap import DEFAULT_DATABASE_URL, open_engine, redact, sqlite_path
 from remit.engine import Engine
 from remit.errors import ConfigError, RemitError
 from remit.limits import (
@@ -93,9 +93,18 @@ def _quiet_pool_logs() -> None:
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 
+def _refuse_missing_sqlite(database_url: str) -> None:
+    """A command that works on what a database holds must not leave an empty one behind."""
+    path = sqlite_path(database_url)
+    if path is not None and not path.exists():
+        raise _fail(f"no database at {path} (`remit init` or `remit serve` creates one)")
+
+
 @contextmanager
-def _engine(database_url: str) -> Iterator[Engine]:
+def _engine(database_url: str, *, is_creating: bool = True) -> Iterator[Engine]:
     _quiet_pool_logs()
+    if not is_creating:
+        _refuse_missing_sqlite(database_url)
     try:
         engine = open_engine(database_url)
     except RemitError as error:
@@ -129,6 +138,8 @@ def _connect(
     where = server or redact(database_url)
     if server is None:
         _quiet_pool_logs()
+        if not is_creating_tenant:
+            _refuse_missing_sqlite(database_url)
     connection: Client | Local
     try:
         connection = (
@@ -360,7 +371,7 @@ def check(
 def expire(database_url: DatabaseUrl = DEFAULT_DATABASE_URL) -> None:
     """Expire every hold whose lease has run out (servers also do this on their own)."""
     total = 0
-    with _engine(database_url) as engine:
+    with _engine(database_url, is_creating=False) as engine:
         for _ in range(EXPIRY_ROUNDS_MAX):
             expired = engine.expire_holds()
             total += expired

@@ -111,9 +111,20 @@ def test_unsupported_database_url_is_exit_2() -> None:
 
 
 def test_check_of_unknown_tenant_is_exit_2(tmp_path: Path) -> None:
-    result = remit("check", "--database-url", f"sqlite:///{tmp_path / 'r.db'}", "--tenant", "nobody")
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert remit("init", "--database-url", url, "--tenant", "somebody").returncode == 0
+    result = remit("check", "--database-url", url, "--tenant", "nobody")
     assert result.returncode == 2
     assert "nobody" in result.stderr
+
+
+@pytest.mark.parametrize("command", [("status",), ("check",), ("ledger",), ("keys", "list"), ("expire",)])
+def test_a_command_on_a_sqlite_file_that_does_not_exist_creates_none(tmp_path: Path, command: tuple[str, ...]) -> None:
+    missing = tmp_path / "typo.db"
+    result = remit(*command, "--database-url", f"sqlite:///{missing}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"remit: no database at {missing} (`remit init` or `remit serve` creates one)"
+    assert list(tmp_path.iterdir()) == []
 
 
 def _command_names() -> list[str]:
