@@ -15,6 +15,7 @@ that dies is replaced; the engine host stops after the last worker has.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -74,8 +75,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
+            is_taken = error.errno == errno.EADDRINUSE
             raise InvalidRequest(
-                f"cannot listen on {host}:{port}: {error.strerror or error} (use --port)", code="address_in_use"
+                f"cannot listen on {host}:{port}: {error.strerror or error}" + (" (use --port)" if is_taken else ""),
+                code="address_in_use" if is_taken else "invalid_address",
             ) from None
 
 

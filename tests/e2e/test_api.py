@@ -381,6 +381,8 @@ BAD_INPUTS = [
     Bad("ledger-cursor", "GET", "/v1/ledger", 422, "invalid_field", "cursor", params={"cursor": "x"}, auth="admin"),
     Bad("headroom-unknown-scope", "GET", "/v1/headroom", 404, "not_found", params={"scope": "nowhere"}, auth="admin"),
     Bad("unknown-route", "GET", "/v1/nothing", 404, "not_found", auth="admin"),
+    Bad("trailing-slash", "GET", "/v1/whoami/", 404, "not_found", auth="admin"),
+    Bad("authorize-trailing-slash", "POST", AUTHORIZE + "/", 404, "not_found", body=ACT),
     Bad("wrong-method", "DELETE", AUTHORIZE, 405, "method_not_allowed", auth="admin"),
 ]
 UNKNOWN_KEY = "rk_0123456789abcdef_" + "A" * 43

@@ -536,5 +536,6 @@ def create_app(
         limiter = RateLimiter(requests_per_key_per_second, burst)
     api = Api(service, None, metrics, limiter)  # type: ignore[arg-type]  # the lifespan provides the batcher
     starlette = Starlette(routes=routes(api), lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    starlette.router.redirect_slashes = False  # `/v1/whoami/` is a 404 in the error shape, not an empty 307
     logged = RequestLog(starlette, metrics, request_log)
     return HotRoutes(api, logged, logged)

@@ -25,7 +25,6 @@ _STATUS_BY_CODE = {
     "last_admin_key": 409,
     "conflict": 409,
     "body_too_large": 413,
-    "unsupported_media_type": 415,
     "rate_limited": 429,
     "overloaded": 503,
     "unavailable": 503,
