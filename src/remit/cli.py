@@ -13,6 +13,7 @@ import enum
 import importlib
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -57,9 +58,10 @@ keys_app = typer.Typer(
     name="keys", help="List, create, rotate and revoke API keys (an admin key's work).", no_args_is_help=True
 )
 app.add_typer(keys_app)
-console = Console()
+PIPED_WIDTH_CHARS = 1_000
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH_CHARS)
+"""Into a pipe or a file, tables keep their natural width: rich would fold them, ids included, at 80."""
 
-"""Most entries `remit ledger --all` follows cursors for; past it, it says where to continue."""
 BAR_WIDTH_CHARS = 12
 BUDGET_NAME_WIDTH_MAX = 28
 """`remit status` may fold a budget id past this width rather than squeeze every other column."""
@@ -566,10 +568,11 @@ def keys_list(
 ) -> None:
     """Every key of the tenant, revoked ones included (never a secret)."""
     with _connect(url, key, database_url, tenant) as remit:
-        rows: list[dict[str, Any]] = remit.keys()["keys"]
+        listing = remit.keys()
     if as_json:
-        _print_json(rows)
+        _print_json(listing)  # the API's shape, {"keys": [...]}, as `ledger --json` keeps its own
         return
+    rows: list[dict[str, Any]] = listing["keys"]
     table = Table(title=f"{len(rows)} keys", title_justify="left")
     for column in ("id", "role", "agent", "name", "created", "rotated", "revoked"):
         table.add_column(column, overflow="fold")

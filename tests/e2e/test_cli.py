@@ -298,7 +298,7 @@ def test_keys_on_a_database(database_url: str) -> None:
     match = re.search(r"^key: rk_([0-9a-f]{16})_(\S{43})$", created.stdout, re.MULTILINE)
     assert match is not None, created.stdout
     key_id, secret = match.groups()
-    listed = json.loads(on_database(database_url, "keys", "list", "--json").stdout)
+    listed = json.loads(on_database(database_url, "keys", "list", "--json").stdout)["keys"]
     row = next(row for row in listed if row["id"] == key_id)
     assert (row["role"], row["agent"], row["name"], row["is_active"]) == ("agent", "bot-8", "ci", True)
     assert all("key" not in row for row in listed)  # a listing never shows a secret
@@ -386,7 +386,7 @@ def test_check_and_keys_over_a_server(server: RemitServer) -> None:
     assert checked.returncode == 0, checked.stderr
     report = json.loads(checked.stdout)
     assert report["is_consistent"] is True and report["entries"] == 3
-    listed = json.loads(over_url(server, "keys", "list", "--json").stdout)
+    listed = json.loads(over_url(server, "keys", "list", "--json").stdout)["keys"]
     assert {row["agent"] for row in listed if row["role"] == "agent"} == {"bot-7", "bot-8", "helper-1"}
 
 
@@ -458,3 +458,17 @@ def test_a_postgresql_database_that_does_not_exist_is_one_line() -> None:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("remit: cannot open"), result.stderr
         assert "remit_no_such_database" in lines[0]
+
+
+def test_into_a_pipe_tables_are_not_folded_at_80_columns(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert remit("apply", str(EXAMPLE), "--database-url", url).returncode == 0
+    env = {name: value for name, value in os.environ.items() if not name.startswith("REMIT_") and name != "COLUMNS"}
+    piped = subprocess.run(
+        [sys.executable, "-m", "remit.cli", "status", "--database-url", url],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    rows = [line for line in piped.stdout.splitlines() if "sales/renewals:usd:hour:crm.*" in line]
+    assert len(rows) == 1, piped.stdout  # the whole id on the row, copyable
+    assert "20000.00" in piped.stdout
