@@ -25,6 +25,8 @@ TOUCHES_PER_REQUEST_MAX = 256
 """Most entities one request may touch, summed over its distinct meters."""
 CONTEXT_BYTES_MAX = 4096
 """Largest JSON-encoded action context recorded with a hold."""
+CONTEXT_DEPTH_MAX = 32
+"""Most levels of objects and lists an action context may nest (orjson writes at most 254)."""
 IDEMPOTENCY_KEY_LENGTH_MAX = 200
 
 LEASE_SECONDS_DEFAULT = 60

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from remit.domain.windows import US_PER_SECOND
 from remit.errors import InvalidRequest, InvariantViolation
 from remit.limits import (
     CONTEXT_BYTES_MAX,
+    CONTEXT_DEPTH_MAX,
     IDEMPOTENCY_KEY_LENGTH_MAX,
     LEASE_SECONDS_DEFAULT,
     LEASE_SECONDS_MAX,
@@ -142,7 +143,9 @@ def _check_context(context: object) -> dict[str, Any]:
         return {}
     try:
         size = len(orjson.dumps(context))
-    except (TypeError, orjson.JSONEncodeError):
+    except (TypeError, orjson.JSONEncodeError) as error:
+        if "Recursion" in str(error):  # deeper than orjson writes: far past the limit below
+            raise _nested_too_deeply() from None
         raise InvalidRequest(
             "context must be JSON (string keys; strings, numbers, lists, objects)",
             code="invalid_field",
@@ -150,7 +153,33 @@ def _check_context(context: object) -> dict[str, Any]:
         ) from None
     if size > CONTEXT_BYTES_MAX:
         raise InvalidRequest(f"context is over {CONTEXT_BYTES_MAX} bytes", code="invalid_field", field="context")
+    if _depth(context) > CONTEXT_DEPTH_MAX:
+        # The ledger stores the context inside an entry's detail, and orjson refuses to write
+        # what nests past 254 levels: the whole batch would fail at its write, not this request.
+        raise _nested_too_deeply()
     return dict(context)
+
+
+def _nested_too_deeply() -> InvalidRequest:
+    message = f"context nests more than {CONTEXT_DEPTH_MAX} levels of objects and lists"
+    return InvalidRequest(message, code="invalid_field", field="context")
+
+
+def _depth(value: object) -> int:
+    """How many levels of objects and lists `value` nests (0 for a plain value); no recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def check_key(key: object) -> str | None:

@@ -318,6 +318,16 @@ class Bad:
 
 AUTHORIZE = "/v1/authorize"
 ACT = {"action": "bad.act"}
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """An object `levels` deep: {"a": {"a": … {}}}."""
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
 BAD_INPUTS = [
     Bad("negative", "POST", AUTHORIZE, 422, "invalid_amount", "amounts.usd", {**ACT, "amounts": {"usd": "-1.00"}}),
     Bad("non-numeric", "POST", AUTHORIZE, 422, "invalid_amount", "amounts.usd", {**ACT, "amounts": {"usd": "ten"}}),
@@ -382,6 +392,16 @@ BAD_INPUTS = [
     Bad("headroom-unknown-scope", "GET", "/v1/headroom", 404, "not_found", params={"scope": "nowhere"}, auth="admin"),
     Bad("unknown-route", "GET", "/v1/nothing", 404, "not_found", auth="admin"),
     Bad("trailing-slash", "GET", "/v1/whoami/", 404, "not_found", auth="admin"),
+    Bad("context-too-deep", "POST", AUTHORIZE, 422, "invalid_field", "context", {**ACT, "context": nested(33)}),
+    Bad(
+        "context-deeper-than-json-is-written",
+        "POST",
+        AUTHORIZE,
+        422,
+        "invalid_field",
+        "context",
+        raw=b'{"action": "bad.act", "context": ' + b'{"a": ' * 300 + b"{}" + b"}" * 301,
+    ),
     Bad("authorize-trailing-slash", "POST", AUTHORIZE + "/", 404, "not_found", body=ACT),
     Bad("wrong-method", "DELETE", AUTHORIZE, 405, "method_not_allowed", auth="admin"),
 ]
@@ -892,3 +912,14 @@ def test_openapi_document_describes_every_route(deployment: Deployment) -> None:
         assert route.methods is not None
         missing = (route.methods - {"HEAD"}) - documented
         assert not missing, f"{route.path}: {sorted(missing)} not in openapi.json"
+
+
+def test_a_context_at_the_depth_limit_is_held_and_written(deployment: Deployment) -> None:
+    """The ledger stores the context inside an entry's detail: at the limit it still writes (a
+    context orjson could not write would fail its whole batch, every co-batched request too)."""
+    bot = deployment.agent("bad-bot")
+    held = allowed(bot, action="bad.hold", amounts={"usd": "1.00"}, context=nested(32))
+    ok(bot.post(f"/v1/reservations/{held}/release"))
+    entries = whole_ledger(deployment.admin, agent="bad-bot", kind="hold")
+    hold = next(entry for entry in entries if entry["reservation"] == held)
+    assert hold["detail"]["context"] == nested(32)

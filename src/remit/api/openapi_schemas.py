@@ -13,6 +13,7 @@ from remit.domain.ledger import EntryKind
 from remit.limits import (
     AMOUNT_TEXT_LENGTH_MAX,
     CONTEXT_BYTES_MAX,
+    CONTEXT_DEPTH_MAX,
     IDEMPOTENCY_KEY_LENGTH_MAX,
     LEASE_SECONDS_DEFAULT,
     LEASE_SECONDS_MAX,
@@ -147,7 +148,8 @@ def _decision_schemas() -> dict[str, Schema]:
         "context": _nullable(
             {
                 "type": "object",
-                "description": f"Free-form JSON recorded with the hold (at most {CONTEXT_BYTES_MAX} bytes).",
+                "description": f"Free-form JSON recorded with the hold (at most {CONTEXT_BYTES_MAX} bytes, "
+                f"nesting at most {CONTEXT_DEPTH_MAX} levels of objects and lists).",
             }
         ),
         "priority": _nullable({"type": "string", "enum": PRIORITIES, "description": "Default: the agent's."}),
