@@ -80,9 +80,13 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a ta
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
+    _say_error(message)
+    return typer.Exit(code)
+
+
+def _say_error(message: str) -> None:
     # Plain print, not rich: an error stays on one line whatever the terminal width.
     print(f"remit: {' '.join(message.split())}", file=sys.stderr)
-    return typer.Exit(code)
 
 
 def _print_json(value: Any) -> None:
@@ -103,7 +107,7 @@ def _refuse_missing_sqlite(database_url: str) -> None:
 
 
 @contextmanager
-def _engine(database_url: str, *, is_creating: bool = True) -> Iterator[Engine]:
+def _engine(database_url: str, *, is_creating: bool = False) -> Iterator[Engine]:
     _quiet_pool_logs()
     if not is_creating:
         _refuse_missing_sqlite(database_url)
@@ -184,7 +188,7 @@ def demo(
         path = database or Path(directory) / "remit-demo.db"
         if path.exists():
             raise _fail(f"{path} exists; the demo needs a fresh file")
-        with _engine(f"sqlite:///{path}") as engine:
+        with _engine(f"sqlite:///{path}", is_creating=True) as engine:
             console.print(f"Applying [bold]{config_path}[/] to a fresh SQLite file ({path})")
             console.print(f"Running 4 simulated agents × {actions} actions …")
             tally = run_demo(engine, config_path, seed=seed, actions_per_agent=actions)
@@ -272,7 +276,7 @@ def init(
     from remit.server import announce_keys
     from remit.service import Service
 
-    with _engine(database_url) as engine:
+    with _engine(database_url, is_creating=True) as engine:
         document = load_file(config) if config is not None else None
         engine.create_tenant(tenant, timezone=timezone)  # a no-op for a tenant that exists
         created = Service(engine).bootstrap_tenant(tenant, document, source=str(config or "<config>"))
@@ -373,7 +377,7 @@ def check(
 def expire(database_url: DatabaseUrl = DEFAULT_DATABASE_URL) -> None:
     """Expire every hold whose lease has run out (servers also do this on their own)."""
     total = 0
-    with _engine(database_url, is_creating=False) as engine:
+    with _engine(database_url) as engine:
         for _ in range(EXPIRY_ROUNDS_MAX):
             expired = engine.expire_holds()
             total += expired
@@ -672,13 +676,13 @@ def main(argv: list[str] | None = None) -> Any:
     except errors.UsageError as error:
         # A bad option, argument or command: one line, as every other error (not click's box).
         hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
-        print(f"remit: {' '.join(error.format_message().split())}{hint}", file=sys.stderr)
+        _say_error(error.format_message() + hint)
         sys.exit(2)
     except typer.Abort:  # Ctrl-C or end of input at a prompt
-        print("remit: interrupted", file=sys.stderr)
+        _say_error("interrupted")
         sys.exit(130)
     except RemitError as error:  # pragma: no cover - commands map these themselves
-        print(f"remit: {' '.join(error.message.split())}", file=sys.stderr)
+        _say_error(error.message)
         sys.exit(2)
     # Out of standalone mode click returns the exit code of typer.Exit and --help, not exits.
     sys.exit(result if isinstance(result, int) else 0)
