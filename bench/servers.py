@@ -88,11 +88,9 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
 
 def one_run(name: str, bench: Any, binary: Path, keys: Path, args: argparse.Namespace) -> dict[str, float]:
     port = bench.free_port()
-    command = [*SERVERS[name], "--workers", str(args.workers), "--port", str(port)]
-    if name.startswith("uvicorn"):
-        command += ["--host", "127.0.0.1", "--app-dir", str(APPS)]
-    else:
-        command += ["--host", "127.0.0.1", "--working-dir", str(APPS)]
+    where = "--app-dir" if name.startswith("uvicorn") else "--working-dir"
+    command = [*SERVERS[name], "--workers", str(args.workers), "--host", "127.0.0.1", "--port", str(port)]
+    command += [where, str(APPS)]
     env = {**os.environ, "PYTHONPATH": str(APPS)}  # spawned workers import bare_apps afresh
     process = subprocess.Popen(
         command, cwd=APPS, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -112,8 +110,9 @@ def one_run(name: str, bench: Any, binary: Path, keys: Path, args: argparse.Name
             os.killpg(process.pid, signal.SIGINT)
         try:
             process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        except subprocess.TimeoutExpired:  # the whole group: the workers too, not only their supervisor
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     if done.returncode != 0:
         raise SystemExit(f"{name}: load generator exit {done.returncode}: {done.stderr}{done.stdout}")
