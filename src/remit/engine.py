@@ -30,15 +30,7 @@ from remit.domain.decisions import Decision
 from remit.domain.ledger import EntryKind, LedgerEntry, rebuild_counters
 from remit.domain.tenant import TenantConfig
 from remit.domain.windows import BoundsCache, rolling_floor
-from remit.errors import (
-    Conflict,
-    InvalidRequest,
-    NotFound,
-    Overloaded,
-    RemitError,
-    batch_failure,
-    is_store_failure,
-)
+from remit.errors import Conflict, InvalidRequest, NotFound, Overloaded, RemitError, batch_failure
 from remit.limits import BATCH_SIZE_MAX, EXPIRY_BATCH_SIZE_MAX, LEASE_SECONDS_DEFAULT, QUEUE_LENGTH_MAX
 from remit.operations import (
     ActionInput,
@@ -417,12 +409,7 @@ class Engine:
     def execute(self, operations: Sequence[Operation]) -> list[Result | RemitError | BaseException]:
         """Decide `operations` in one transaction; one answer (or error) per operation, in order."""
         with self._execute_lock:
-            try:
-                return self._execute_with_retries(operations)
-            except Exception as error:
-                if len(operations) < 2 or not self._is_isolatable(error):
-                    raise
-                return self._execute_apart(operations, error)
+            return self._execute_with_retries(operations)
 
     def try_execute(self, operations: Sequence[Operation]) -> list[Result | RemitError | BaseException] | None:
         """`execute` if it can start at once — no batch of this engine running, the store's
@@ -448,42 +435,12 @@ class Engine:
                 except Exception as error:
                     if self._is_retryable(error):
                         return None  # nothing was applied; the caller waits (not here) and tries again
-                    if len(operations) < 2 or not self._is_isolatable(error):
-                        raise
-                    failure = error
+                    raise
                 finally:
                     self.store.release_writer_lock()  # a no-op once the batch's commit or rollback let it go
-                # Rare: the halves wait for the writers' lock like any `execute`, on this thread.
-                return self._execute_apart(operations, failure)
             return None
         finally:
             self._execute_lock.release()
-
-    def _is_isolatable(self, error: Exception) -> bool:
-        """A failure that may be one request's fault (not the store's, not worth a retry): an
-        input that reaches a bug, rows the store refuses. Nothing of the batch was applied."""
-        return not self._is_retryable(error) and not is_store_failure(error)
-
-    def _execute_apart(
-        self, operations: Sequence[Operation], error: Exception
-    ) -> list[Result | RemitError | BaseException]:
-        """The batch failed with `error` and applied nothing: decide its halves apart, each in its
-        own transaction, down to the request that fails alone. One request's fault then fails
-        that request, not every request that happened to share its batch."""
-        if len(operations) == 1:
-            return [batch_failure(error)]
-        middle = len(operations) // 2
-        return [*self._execute_isolated(operations[:middle]), *self._execute_isolated(operations[middle:])]
-
-    def _execute_isolated(self, operations: Sequence[Operation]) -> list[Result | RemitError | BaseException]:
-        try:
-            return self._execute_with_retries(operations)
-        except Exception as error:
-            if self._is_isolatable(error):
-                return self._execute_apart(operations, error)
-            # The store itself failed: this part's requests hear of it; the other part may have
-            # committed already, so the batch as a whole must not raise.
-            return [batch_failure(error) for _ in operations]
 
     def _execute_with_retries(self, operations: Sequence[Operation]) -> list[Result | RemitError | BaseException]:
         for attempt in range(BATCH_ATTEMPTS_MAX):

@@ -116,16 +116,6 @@ class Unavailable(RemitError):
     code = "unavailable"
 
 
-def is_store_failure(error: BaseException) -> bool:
-    """A database that is down or busy (connection and operational errors, pool timeouts).
-
-    Data errors are not here: bad input reaching the store is a bug to see, not a 503 to retry.
-    """
-    name = type(error).__name__
-    module = type(error).__module__
-    return name in {"OperationalError", "InterfaceError", "PoolTimeout"} and module.startswith(("psycopg", "sqlite3"))
-
-
 def batch_failure(error: BaseException) -> BaseException:
     """What one caller of a failed batch is told: its own exception, caused by the store's.
 

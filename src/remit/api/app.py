@@ -29,7 +29,7 @@ from remit.api.metrics import Metrics
 from remit.api.ratelimit import RateLimiter
 from remit.api.requestlog import RequestLogWriter
 from remit.batching import AsyncBatcher
-from remit.errors import InvalidRequest, RemitError, Unauthorized, is_store_failure
+from remit.errors import InvalidRequest, RemitError, Unauthorized
 from remit.keys import Principal
 from remit.limits import (
     EXPIRY_SWEEP_SECONDS_DEFAULT,
@@ -319,7 +319,7 @@ def _guarded(handler: Handler) -> Handler:
             # The caller went away mid-body: nothing was decided; there is no one to answer.
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except Exception as error:
-            if is_store_failure(error):
+            if _is_store_failure(error):
                 log.warning("store failure on %s %s: %s", request.method, request.url.path, error)
                 return error_response("unavailable", f"the store is unavailable ({type(error).__name__}); retry")
             log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -327,6 +327,16 @@ def _guarded(handler: Handler) -> Handler:
 
     guarded.__name__ = handler.__name__
     return guarded
+
+
+def _is_store_failure(error: Exception) -> bool:
+    """A database that is down or busy (connection and operational errors, pool timeouts).
+
+    Data errors are not here: bad input reaching the store is a bug to see, not a 503 to retry.
+    """
+    name = type(error).__name__
+    module = type(error).__module__
+    return name in {"OperationalError", "InterfaceError", "PoolTimeout"} and module.startswith(("psycopg", "sqlite3"))
 
 
 def routes(api: Api) -> list[Route]:
